@@ -1,0 +1,130 @@
+//! Probes behind `portico check`: end-to-end checks of a running Portico, the watchdog that
+//! cron or a systemd timer runs. `/healthz` first, then the probe of each service the
+//! listener says it mounts.
+
+mod fib;
+mod messages;
+mod region;
+
+use std::time::Duration;
+
+/// What a probe talks to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Base URL of one listener, e.g. `https://localhost:8443`.
+    pub base: reqwest::Url,
+    /// HTTP client (trusting the `--cacert` when given).
+    pub client: reqwest::Client,
+    /// Region to ask for in the region probe (`--region-hint`).
+    pub region_hint: Option<String>,
+}
+
+/// Why a check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("{what}: request to {url} failed: {source}")]
+    Request {
+        what: String,
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{what}: {problem}")]
+    Unexpected { what: String, problem: String },
+    #[error("reading CA certificate {path}: {problem}")]
+    CaCert { path: String, problem: String },
+}
+
+/// Builds a client with a timeout that trusts only `cacert` (PEM) when given, else the
+/// system's roots are not available either: a Portico with a self-signed certificate needs
+/// `--cacert`.
+pub fn client(cacert_pem: Option<&[u8]>, timeout: Duration) -> Result<reqwest::Client, CheckError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .tls_built_in_root_certs(false)
+        .use_rustls_tls();
+    if let Some(pem) = cacert_pem {
+        let cert = reqwest::Certificate::from_pem(pem).map_err(|e| CheckError::CaCert {
+            path: "--cacert".into(),
+            problem: e.to_string(),
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder.build().map_err(|e| CheckError::CaCert {
+        path: "--cacert".into(),
+        problem: e.to_string(),
+    })
+}
+
+/// Runs `/healthz` and then every mounted service's probe. Returns one line per thing checked.
+pub async fn run(target: &Target) -> Result<Vec<String>, CheckError> {
+    let mut done = Vec::new();
+    let services = healthz(target, &mut done).await?;
+    for service in &services {
+        match service.as_str() {
+            "messages" => messages::probe(target, &mut done).await?,
+            "region" => region::probe(target, &mut done).await?,
+            "fib" => fib::probe(target, &mut done).await?,
+            _ => {}
+        }
+    }
+    Ok(done)
+}
+
+/// `GET /healthz`: expects 200 and a JSON body `{"status":"ok","services":[...]}`; returns the
+/// services mounted on that listener.
+async fn healthz(target: &Target, done: &mut Vec<String>) -> Result<Vec<String>, CheckError> {
+    let what = "healthz";
+    let url = url(target, "/healthz");
+    let response = send(what, &url, target.client.get(&url)).await?;
+    let status = response.status();
+    let body = response.text().await.map_err(|source| CheckError::Request {
+        what: what.into(),
+        url: url.clone(),
+        source,
+    })?;
+    if status != reqwest::StatusCode::OK {
+        return Err(unexpected(what, format!("{url} answered {status}: {body}")));
+    }
+    let json: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| unexpected(what, format!("{url} answered non-JSON ({e}): {body}")))?;
+    let services: Vec<String> = json["services"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    done.push(format!("{url} healthy, services: {}", join(&services)));
+    Ok(services)
+}
+
+fn join(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// `base` + `path`.
+pub(crate) fn url(target: &Target, path: &str) -> String {
+    format!("{}{}", target.base.as_str().trim_end_matches('/'), path)
+}
+
+/// Sends a request, naming the check and URL when it fails.
+pub(crate) async fn send(
+    what: &str,
+    url: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, CheckError> {
+    request.send().await.map_err(|source| CheckError::Request {
+        what: what.into(),
+        url: url.into(),
+        source,
+    })
+}
+
+pub(crate) fn unexpected(what: &str, problem: String) -> CheckError {
+    CheckError::Unexpected {
+        what: what.into(),
+        problem,
+    }
+}

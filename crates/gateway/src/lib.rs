@@ -1,0 +1,1 @@
+//! Gateway core: listeners, TLS, middleware, router, admin service, logs.
