@@ -1,0 +1,83 @@
+//! An HTTP body made of a head, the numbers' [`Text`] and a tail, with an exact size hint (so
+//! the response carries `Content-Length`) and a check that the text delivered what it
+//! announced: a short text fails the body rather than send a response that lies about itself.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+use crate::text::{Text, TextError};
+
+pub struct FramedBody {
+    head: Option<Bytes>,
+    text: Text,
+    tail: Option<Bytes>,
+    /// Text bytes still to come.
+    text_left: u64,
+}
+
+impl FramedBody {
+    pub fn new(head: Bytes, text: Text, tail: Bytes) -> Self {
+        let text_left = text.len;
+        FramedBody {
+            head: Some(head),
+            text,
+            tail: Some(tail),
+            text_left,
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        let framing = |part: &Option<Bytes>| part.as_ref().map_or(0, |b| b.len() as u64);
+        framing(&self.head) + self.text_left + framing(&self.tail)
+    }
+}
+
+impl http_body::Body for FramedBody {
+    type Data = Bytes;
+    type Error = TextError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, TextError>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        if self.tail.is_none() {
+            return Poll::Ready(None);
+        }
+        match self.text.poll_chunk(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                let expected = self.text.len;
+                match self.text_left.checked_sub(chunk.len() as u64) {
+                    Some(left) => {
+                        self.text_left = left;
+                        Poll::Ready(Some(Ok(Frame::data(chunk))))
+                    }
+                    None => Poll::Ready(Some(Err(TextError::Length { expected, got: expected + chunk.len() as u64 - self.text_left }))),
+                }
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),
+            Poll::Ready(None) if self.text_left == 0 => {
+                Poll::Ready(self.tail.take().map(|tail| Ok(Frame::data(tail))))
+            }
+            Poll::Ready(None) => {
+                let expected = self.text.len;
+                let got = expected - self.text_left;
+                Poll::Ready(Some(Err(TextError::Length { expected, got })))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.tail.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining())
+    }
+}
