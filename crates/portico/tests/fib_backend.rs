@@ -268,12 +268,15 @@ fn load(server: &Portico, workers: usize, stop: Arc<AtomicBool>) -> (Arc<AtomicU
 }
 
 async fn backend_calls(server: &Portico, backend: SocketAddr) -> u64 {
+    metric(server, &format!("portico_fib_backend_calls_total{{backend=\"{backend}\"}} ")).await
+}
+
+async fn metric(server: &Portico, needle: &str) -> u64 {
     let metrics = server.client().get(server.url("/metrics")).send().await.expect("metrics");
     let metrics = metrics.text().await.expect("body");
-    let needle = format!("portico_fib_backend_calls_total{{backend=\"{backend}\"}} ");
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix(&needle))
+        .find_map(|line| line.strip_prefix(needle))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0) as u64
 }
@@ -320,5 +323,8 @@ async fn killing_a_back_end_under_load_loses_no_request_and_it_returns_after_res
     assert_eq!(failed, 0, "{failed} requests lost of {}: {problems:?}", ok + failed);
     assert!(ok > 100, "only {ok} requests in the run");
     assert!(a.is_running());
+    let retries = metric(&server, "portico_fib_backend_retries_total ").await;
+    assert!(retries > 0, "the kills were felt and retried");
+    eprintln!("retries: {retries}");
     eprintln!("failover run: {ok} requests, none lost");
 }
