@@ -12,17 +12,25 @@ pub async fn probe(target: &Target, done: &mut Vec<String>) -> Result<(), CheckE
     let url = url(target, "/fib/10");
     let response = send(what, &url, target.client.get(&url)).await?;
     let status = response.status();
-    let body = response.text().await.map_err(|source| CheckError::Request {
-        what: what.into(),
-        url: url.clone(),
-        source,
-    })?;
+    let body = response
+        .text()
+        .await
+        .map_err(|source| CheckError::Request {
+            what: what.into(),
+            url: url.clone(),
+            source,
+        })?;
     if status != reqwest::StatusCode::OK {
         return Err(unexpected(what, format!("{url} answered {status}: {body}")));
     }
     if body != EXPECTED_FIB_10 {
-        return Err(unexpected(what, format!("{url} answered an unexpected body: {body:?}")));
+        return Err(unexpected(
+            what,
+            format!("{url} answered an unexpected body: {body:?}"),
+        ));
     }
-    done.push(format!("{url} answered the first 10 Fibonacci numbers exactly"));
+    done.push(format!(
+        "{url} answered the first 10 Fibonacci numbers exactly"
+    ));
     Ok(())
 }

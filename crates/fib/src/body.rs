@@ -58,7 +58,10 @@ impl http_body::Body for FramedBody {
                         self.text_left = left;
                         Poll::Ready(Some(Ok(Frame::data(chunk))))
                     }
-                    None => Poll::Ready(Some(Err(TextError::Length { expected, got: expected + chunk.len() as u64 - self.text_left }))),
+                    None => Poll::Ready(Some(Err(TextError::Length {
+                        expected,
+                        got: expected + chunk.len() as u64 - self.text_left,
+                    }))),
                 }
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error))),

@@ -231,7 +231,10 @@ mod tests {
     #[tokio::test]
     async fn small_answers_come_from_the_cache() {
         let cache = Arc::new(FibCache::new(1 << 20));
-        assert_eq!(collect(cache.text(10).await.expect("text")).await, reference(10));
+        assert_eq!(
+            collect(cache.text(10).await.expect("text")).await,
+            reference(10)
+        );
         assert_eq!(collect(cache.text(1).await.expect("text")).await, "0");
         assert_eq!(cache.size().0, MIN_GROWTH);
     }
@@ -250,7 +253,10 @@ mod tests {
     #[tokio::test]
     async fn a_zero_budget_caches_nothing() {
         let cache = Arc::new(FibCache::new(0));
-        assert_eq!(collect(cache.text(12).await.expect("text")).await, reference(12));
+        assert_eq!(
+            collect(cache.text(12).await.expect("text")).await,
+            reference(12)
+        );
         assert_eq!(cache.size(), (0, 0));
     }
 

@@ -117,7 +117,9 @@ impl Backend {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Each guarded value is consistent after every statement.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The pooled, retrying client.
@@ -130,7 +132,12 @@ pub struct BackendClient {
 }
 
 impl BackendClient {
-    pub fn new(addresses: &[String], call_timeout: Duration, pool_size: usize, cache_bytes: u64) -> Self {
+    pub fn new(
+        addresses: &[String],
+        call_timeout: Duration,
+        pool_size: usize,
+        cache_bytes: u64,
+    ) -> Self {
         let backends = addresses
             .iter()
             .map(|address| {
@@ -219,14 +226,22 @@ impl BackendClient {
         };
         let started = timeout(self.call_timeout, request_start(&mut conn, n)).await;
         let len = match started {
-            Err(_) => return Err(fail(FailureKind::Timeout, format!("no reply within {:?}", self.call_timeout))),
+            Err(_) => {
+                return Err(fail(
+                    FailureKind::Timeout,
+                    format!("no reply within {:?}", self.call_timeout),
+                ))
+            }
             Ok(Err((kind, detail))) => return Err(fail(kind, detail)),
             Ok(Ok(len)) => len,
         };
         if len <= BUFFER_LIMIT {
             let read = timeout(self.call_timeout, read_whole(&mut conn, len, n)).await;
             let result = match read {
-                Err(_) => Err(fail(FailureKind::Timeout, format!("reply not complete within {:?}", self.call_timeout))),
+                Err(_) => Err(fail(
+                    FailureKind::Timeout,
+                    format!("reply not complete within {:?}", self.call_timeout),
+                )),
                 Ok(Err((kind, detail))) => Err(fail(kind, detail)),
                 Ok(Ok(result)) => Ok(result),
             }?;
@@ -244,12 +259,19 @@ impl BackendClient {
             Err(_) => return Err(fail(FailureKind::Timeout, "reply head timed out".into())),
             Ok(Err(e)) => return Err(fail(FailureKind::Io, e.to_string())),
             Ok(Ok(_)) if got != head.as_bytes() => {
-                return Err(fail(FailureKind::Protocol, format!("reply starts {:?}", String::from_utf8_lossy(&got))))
+                return Err(fail(
+                    FailureKind::Protocol,
+                    format!("reply starts {:?}", String::from_utf8_lossy(&got)),
+                ))
             }
             Ok(Ok(_)) => {}
         }
         let text_len = len - head.len() as u64 - protocol::REPLY_TAIL.len() as u64;
-        Ok(AttemptResult::Text(self.stream(Arc::clone(backend), conn, text_len)))
+        Ok(AttemptResult::Text(self.stream(
+            Arc::clone(backend),
+            conn,
+            text_len,
+        )))
     }
 
     async fn connect(&self, backend: &Backend) -> Result<TcpStream, Attempt> {
@@ -283,7 +305,12 @@ impl BackendClient {
                 Err(problem) => {
                     ::metrics::counter!(metrics::BACKEND_ERRORS, "backend" => address.clone(), "kind" => "stream").increment(1);
                     tracing::warn!(backend = %address, error = %problem, "fib back end reply broke off mid-stream");
-                    let _ = tx.send(Err(TextError::Backend { backend: address, problem })).await;
+                    let _ = tx
+                        .send(Err(TextError::Backend {
+                            backend: address,
+                            problem,
+                        }))
+                        .await;
                 }
             }
         });
@@ -315,12 +342,19 @@ async fn request_start(conn: &mut TcpStream, n: u64) -> Result<u64, (FailureKind
     let len = i64::from_le_bytes(prefix);
     match u64::try_from(len) {
         Ok(len) if (2..=MAX_REPLY).contains(&len) => Ok(len),
-        _ => Err((FailureKind::Protocol, format!("implausible reply length {len}"))),
+        _ => Err((
+            FailureKind::Protocol,
+            format!("implausible reply length {len}"),
+        )),
     }
 }
 
 /// Reads and checks a whole small reply.
-async fn read_whole(conn: &mut TcpStream, len: u64, n: u64) -> Result<AttemptResult, (FailureKind, String)> {
+async fn read_whole(
+    conn: &mut TcpStream,
+    len: u64,
+    n: u64,
+) -> Result<AttemptResult, (FailureKind, String)> {
     let mut body = vec![0u8; len as usize];
     conn.read_exact(&mut body)
         .await

@@ -87,9 +87,12 @@ fn check_backend_address(address: &str) -> Result<(), String> {
         return Err(format!("\"{address}\" is not host:port"));
     };
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(format!("\"{address}\" is not host:port with a port from 1 to 65535"));
+        return Err(format!(
+            "\"{address}\" is not host:port with a port from 1 to 65535"
+        ));
     }
-    let looks_like_ip = host.starts_with('[') || host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    let looks_like_ip =
+        host.starts_with('[') || host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
     if looks_like_ip && address.to_socket_addrs().is_err() {
         return Err(format!("\"{address}\" is not a valid IP address and port"));
     }

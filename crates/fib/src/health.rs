@@ -42,7 +42,9 @@ impl Health {
 /// Backoff after `failures` consecutive failures (`failures >= 1`).
 fn backoff(failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
-    FIRST_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+    FIRST_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_BACKOFF)
 }
 
 #[cfg(test)]

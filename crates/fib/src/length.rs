@@ -66,7 +66,10 @@ mod tests {
         for n in EXACT_BELOW..=MAX_N {
             let x = closed_form_argument(n);
             let distance = (x - x.round()).abs();
-            assert!(distance > 1e-9, "n = {n}: argument {x} too close to an integer");
+            assert!(
+                distance > 1e-9,
+                "n = {n}: argument {x} too close to an integer"
+            );
         }
     }
 

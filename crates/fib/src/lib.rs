@@ -30,8 +30,8 @@ pub mod text;
 
 pub use cache::FibCache;
 pub use config::{
-    Config, DEFAULT_BACKEND_TIMEOUT, DEFAULT_CACHE_BYTES, DEFAULT_CLIENT_CACHE_BYTES, DEFAULT_LIMIT,
-    DEFAULT_POOL_SIZE,
+    Config, DEFAULT_BACKEND_TIMEOUT, DEFAULT_CACHE_BYTES, DEFAULT_CLIENT_CACHE_BYTES,
+    DEFAULT_LIMIT, DEFAULT_POOL_SIZE,
 };
 pub use server::{serve as serve_backend, ServerOptions};
 pub use service::FibService;

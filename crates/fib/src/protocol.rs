@@ -159,7 +159,13 @@ impl RequestScanner {
         Event::Garbage(std::mem::take(&mut self.sample))
     }
 
-    fn step_object(&mut self, byte: u8, depth: u32, in_string: bool, escaped: bool) -> Option<Event> {
+    fn step_object(
+        &mut self,
+        byte: u8,
+        depth: u32,
+        in_string: bool,
+        escaped: bool,
+    ) -> Option<Event> {
         self.scanned += 1;
         let (depth, in_string, escaped) = match (in_string, escaped, byte) {
             (true, true, _) => (depth, true, false),

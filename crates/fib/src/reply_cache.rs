@@ -42,7 +42,9 @@ impl ReplyCache {
             return;
         }
         while entries.bytes + size > self.budget {
-            let Some(oldest) = entries.order.pop_front() else { break };
+            let Some(oldest) = entries.order.pop_front() else {
+                break;
+            };
             if let Some(gone) = entries.texts.remove(&oldest) {
                 entries.bytes -= gone.len() as u64;
             }
@@ -54,7 +56,9 @@ impl ReplyCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // The map is consistent after every statement; a panic elsewhere leaves it usable.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -88,7 +88,9 @@ pub async fn serve(
 
 /// Tells a client over the connection limit why it is being closed.
 async fn refuse(mut stream: TcpStream, limit: usize) {
-    let reply = protocol::error_reply(&format!("too many connections (limit {limit}); try again later"));
+    let reply = protocol::error_reply(&format!(
+        "too many connections (limit {limit}); try again later"
+    ));
     let _ = timeout(Duration::from_secs(1), stream.write_all(&reply)).await;
 }
 
@@ -134,12 +136,16 @@ impl Connection {
 
     async fn answer(&mut self, event: Event) -> Result<(), &'static str> {
         let n = match event {
-            Event::Request(object) => protocol::parse_request(&object, self.options.limit)
-                .map_err(|e| e.to_string()),
+            Event::Request(object) => {
+                protocol::parse_request(&object, self.options.limit).map_err(|e| e.to_string())
+            }
             Event::Garbage(sample) => Err(protocol::garbage_message(&sample)),
             Event::Truncated => Err("input ended inside a request object".to_string()),
             Event::TooLarge => {
-                let message = format!("request longer than {} bytes; closing", protocol::MAX_REQUEST_BYTES);
+                let message = format!(
+                    "request longer than {} bytes; closing",
+                    protocol::MAX_REQUEST_BYTES
+                );
                 self.write(&protocol::error_reply(&message)).await?;
                 return Err("oversized request");
             }
@@ -154,12 +160,17 @@ impl Connection {
     }
 
     async fn send_numbers(&mut self, n: u64) -> Result<(), &'static str> {
-        ::metrics::counter!(metrics::REQUESTS, "bucket" => metrics::n_bucket(n), "outcome" => "ok").increment(1);
+        ::metrics::counter!(metrics::REQUESTS, "bucket" => metrics::n_bucket(n), "outcome" => "ok")
+            .increment(1);
         let mut text = match self.cache.text(n).await {
             Ok(text) => text,
             Err(error) => {
                 tracing::error!(error = %error, "fib-backend could not compute");
-                return self.write(&protocol::error_reply("internal error computing the numbers")).await;
+                return self
+                    .write(&protocol::error_reply(
+                        "internal error computing the numbers",
+                    ))
+                    .await;
             }
         };
         let mut start = protocol::reply_start(n, text.len);

@@ -87,8 +87,13 @@ async fn answer(State(inner): State<Arc<Inner>>, uri: Uri) -> Response {
             response
         }
         Err(error) => {
-            let outcome = if error.is_client_error() { "bad_request" } else { "error" };
-            ::metrics::counter!(metrics::REQUESTS, "bucket" => "invalid", "outcome" => outcome).increment(1);
+            let outcome = if error.is_client_error() {
+                "bad_request"
+            } else {
+                "error"
+            };
+            ::metrics::counter!(metrics::REQUESTS, "bucket" => "invalid", "outcome" => outcome)
+                .increment(1);
             error.into_response()
         }
     }
@@ -97,7 +102,10 @@ async fn answer(State(inner): State<Arc<Inner>>, uri: Uri) -> Response {
 async fn respond(inner: &Inner, raw: &str) -> Result<(u64, Response), FibError> {
     let n = parse_n(raw, inner.limit)?;
     let text = match &inner.source {
-        Source::Local(cache) => cache.text(n).await.map_err(|e| FibError::Internal(e.to_string()))?,
+        Source::Local(cache) => cache
+            .text(n)
+            .await
+            .map_err(|e| FibError::Internal(e.to_string()))?,
         Source::Remote(client) => client.text(n).await?,
     };
     Ok((n, json_response(n, text)))
@@ -116,12 +124,17 @@ fn json_response(n: u64, mut text: Text) -> Response {
         whole.extend_from_slice(TAIL);
         Body::from(whole)
     } else {
-        Body::new(FramedBody::new(Bytes::from(head), text, Bytes::from_static(TAIL)))
+        Body::new(FramedBody::new(
+            Bytes::from(head),
+            text,
+            Bytes::from_static(TAIL),
+        ))
     };
     let mut response = Response::new(body);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     *response.status_mut() = StatusCode::OK;
     response
 }
@@ -142,15 +155,27 @@ mod tests {
             .headers()
             .get(header::CONTENT_LENGTH)
             .map(|v| v.to_str().expect("ascii").to_string());
-        let body = response.into_body().collect().await.expect("body").to_bytes();
-        (status, String::from_utf8(body.to_vec()).expect("utf-8"), length)
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (
+            status,
+            String::from_utf8(body.to_vec()).expect("utf-8"),
+            length,
+        )
     }
 
     #[tokio::test]
     async fn ten_is_the_original_layout_byte_for_byte() {
         let (status, body, _) = get(&Config::default(), "/fib/10").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(body, "{\n  \"N\": 10,\n  \"result\": \"0 1 1 2 3 5 8 13 21 34\"\n}");
+        assert_eq!(
+            body,
+            "{\n  \"N\": 10,\n  \"result\": \"0 1 1 2 3 5 8 13 21 34\"\n}"
+        );
     }
 
     #[tokio::test]
@@ -161,7 +186,18 @@ mod tests {
 
     #[tokio::test]
     async fn bad_n_is_a_json_400_naming_the_limit() {
-        for path in ["/fib/0", "/fib/-1", "/fib/abc", "/fib/1.5", "/fib/+1", "/fib/1/", "/fib/", "/fib", "/fib/%31", "/fib/100001"] {
+        for path in [
+            "/fib/0",
+            "/fib/-1",
+            "/fib/abc",
+            "/fib/1.5",
+            "/fib/+1",
+            "/fib/1/",
+            "/fib/",
+            "/fib",
+            "/fib/%31",
+            "/fib/100001",
+        ] {
             let (status, body, _) = get(&Config::default(), path).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
             let json: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -181,6 +217,9 @@ mod tests {
         assert_eq!(length, Some(body.len().to_string()));
         let json: serde_json::Value = serde_json::from_str(&body).expect("json");
         assert_eq!(json["N"], 3000);
-        assert_eq!(json["result"].as_str().expect("string").split(' ').count(), 3000);
+        assert_eq!(
+            json["result"].as_str().expect("string").split(' ').count(),
+            3000
+        );
     }
 }

@@ -96,7 +96,8 @@ fn produce_blocking(pair: (Decimal, Decimal), from: u64, to: u64, tx: &mpsc::Sen
             std::mem::swap(&mut a, &mut b);
         }
         if buf.len() >= CHUNK_BYTES || last {
-            let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4));
+            let chunk =
+                std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4));
             if tx.blocking_send(Bytes::from(chunk)).is_err() {
                 return; // the reader went away
             }

@@ -22,7 +22,10 @@ fn reference(n: usize) -> Vec<String> {
 }
 
 fn body_for(n: usize) -> String {
-    format!("{{\n  \"N\": {n},\n  \"result\": \"{}\"\n}}", reference(n).join(" "))
+    format!(
+        "{{\n  \"N\": {n},\n  \"result\": \"{}\"\n}}",
+        reference(n).join(" ")
+    )
 }
 
 async fn get(server: &Portico, path: &str) -> (u16, String, String) {
@@ -48,7 +51,10 @@ async fn small_answers_are_the_originals_bytes() {
         (1, "{\n  \"N\": 1,\n  \"result\": \"0\"\n}"),
         (2, "{\n  \"N\": 2,\n  \"result\": \"0 1\"\n}"),
         (3, "{\n  \"N\": 3,\n  \"result\": \"0 1 1\"\n}"),
-        (10, "{\n  \"N\": 10,\n  \"result\": \"0 1 1 2 3 5 8 13 21 34\"\n}"),
+        (
+            10,
+            "{\n  \"N\": 10,\n  \"result\": \"0 1 1 2 3 5 8 13 21 34\"\n}",
+        ),
     ];
     for (n, expected) in literal {
         let (status, content_type, body) = get(&server, &format!("/fib/{n}")).await;
@@ -58,7 +64,10 @@ async fn small_answers_are_the_originals_bytes() {
     }
     let (_, _, body) = get(&server, "/fib/100").await;
     assert_eq!(body, body_for(100));
-    assert!(body.contains(" 218922995834555169026\""), "F(99) ends the list");
+    assert!(
+        body.contains(" 218922995834555169026\""),
+        "F(99) ends the list"
+    );
     let (_, _, body) = get(&server, "/fib/0010").await;
     assert_eq!(body, body_for(10), "leading zeros");
 }
@@ -75,7 +84,11 @@ async fn every_number_up_to_5000_matches_num_bigint() {
     assert_eq!(status, 200);
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(json["N"], 5000);
-    let got: Vec<&str> = json["result"].as_str().expect("string").split(' ').collect();
+    let got: Vec<&str> = json["result"]
+        .as_str()
+        .expect("string")
+        .split(' ')
+        .collect();
     assert_eq!(got.len(), 5000);
     for (n, (got, want)) in got.iter().zip(&expected).enumerate() {
         assert_eq!(got, want, "F({n})");
@@ -85,7 +98,11 @@ async fn every_number_up_to_5000_matches_num_bigint() {
     for n in (1..=5000).step_by(97) {
         let (_, _, body) = get(&server, &format!("/fib/{n}")).await;
         let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-        assert_eq!(json["result"].as_str().expect("string"), expected[..n].join(" "), "N = {n}");
+        assert_eq!(
+            json["result"].as_str().expect("string"),
+            expected[..n].join(" "),
+            "N = {n}"
+        );
     }
 }
 
@@ -110,13 +127,18 @@ async fn bad_n_is_a_json_400_naming_the_problem_and_the_limit() {
         let json: serde_json::Value = serde_json::from_str(&body).expect("JSON error");
         let message = json["error"].as_str().expect("error string");
         assert!(message.contains(problem), "{path}: {message}");
-        assert!(message.contains("100000"), "{path}: names the limit: {message}");
+        assert!(
+            message.contains("100000"),
+            "{path}: names the limit: {message}"
+        );
     }
 }
 
 #[tokio::test]
 async fn the_limit_comes_from_the_config() {
-    let server = Portico::start(BIN, "[fib]\nlimit = 50\n").await.expect("portico starts");
+    let server = Portico::start(BIN, "[fib]\nlimit = 50\n")
+        .await
+        .expect("portico starts");
     assert_eq!(get(&server, "/fib/50").await.0, 200);
     let (status, _, body) = get(&server, "/fib/51").await;
     assert_eq!(status, 400);
@@ -169,7 +191,10 @@ async fn fib_100000_streams_exactly_in_bounded_memory() {
     }
     peak_rss = peak_rss.max(rss_kib(pid));
     assert_eq!(total, announced);
-    assert!(total > 1_040_000_000 && total < 1_060_000_000, "{total} bytes");
+    assert!(
+        total > 1_040_000_000 && total < 1_060_000_000,
+        "{total} bytes"
+    );
     let last = {
         let (mut a, mut b) = (BigUint::from(0u32), BigUint::from(1u32));
         for _ in 0..99_999 {
@@ -179,7 +204,10 @@ async fn fib_100000_streams_exactly_in_bounded_memory() {
         a.to_string()
     };
     let tail = String::from_utf8(tail).expect("ascii");
-    assert!(tail.ends_with(&format!(" {last}\"\n}}")), "ends with F(99999)");
+    assert!(
+        tail.ends_with(&format!(" {last}\"\n}}")),
+        "ends with F(99999)"
+    );
     assert!(peak_rss > 0, "RSS was sampled");
     assert!(peak_rss < 200 * 1024, "server RSS peaked at {peak_rss} KiB");
     eprintln!("fib/100000: {total} bytes, server RSS peak {peak_rss} KiB");
@@ -219,6 +247,10 @@ async fn portico_check_runs_the_fib_probe() {
     .await
     .expect("joins");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("first 10 Fibonacci numbers"), "{stdout}");
 }

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use testkit::Portico;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use testkit::Portico;
 
 const BIN: &str = env!("CARGO_BIN_EXE_portico");
 
@@ -35,7 +35,9 @@ impl Backend {
             .expect("starting fib-backend");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("announcement");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("announcement");
         let addr = line
             .trim()
             .strip_prefix("portico: fib-backend listening on ")
@@ -110,9 +112,15 @@ async fn a_request_split_into_one_byte_writes_is_answered() {
 async fn two_requests_in_one_write_get_two_replies_in_order() {
     let backend = Backend::start("127.0.0.1:0", &[]);
     let mut stream = connect(&backend).await;
-    stream.write_all(br#"{"N": 10}{"N": 3}"#).await.expect("write");
+    stream
+        .write_all(br#"{"N": 10}{"N": 3}"#)
+        .await
+        .expect("write");
     assert_eq!(read_reply(&mut stream).await, TEN);
-    assert_eq!(read_reply(&mut stream).await, r#"{"N": 3, "result": "0 1 1"}"#);
+    assert_eq!(
+        read_reply(&mut stream).await,
+        r#"{"N": 3, "result": "0 1 1"}"#
+    );
 }
 
 #[tokio::test]
@@ -120,16 +128,32 @@ async fn garbage_gets_an_error_reply_and_the_connection_stays_usable() {
     let backend = Backend::start("127.0.0.1:0", &[]);
     let mut stream = connect(&backend).await;
     stream.write_all(b"GET / HTTP/1.0\n").await.expect("write");
-    let error: serde_json::Value = serde_json::from_str(&read_reply(&mut stream).await).expect("JSON");
-    assert!(error["error"].as_str().expect("error").contains("expected a JSON object"));
+    let error: serde_json::Value =
+        serde_json::from_str(&read_reply(&mut stream).await).expect("JSON");
+    assert!(error["error"]
+        .as_str()
+        .expect("error")
+        .contains("expected a JSON object"));
     stream.write_all(br#"xx{"N": 10}"#).await.expect("write");
-    let error: serde_json::Value = serde_json::from_str(&read_reply(&mut stream).await).expect("JSON");
+    let error: serde_json::Value =
+        serde_json::from_str(&read_reply(&mut stream).await).expect("JSON");
     assert!(error["error"].is_string());
     assert_eq!(read_reply(&mut stream).await, TEN);
-    for bad in [&br#"{"N": 0}"#[..], br#"{"N": -1}"#, br#"{"N": "abc"}"#, br#"{"N": 100001}"#, br#"{"M": 1}"#] {
+    for bad in [
+        &br#"{"N": 0}"#[..],
+        br#"{"N": -1}"#,
+        br#"{"N": "abc"}"#,
+        br#"{"N": 100001}"#,
+        br#"{"M": 1}"#,
+    ] {
         stream.write_all(bad).await.expect("write");
-        let reply: serde_json::Value = serde_json::from_str(&read_reply(&mut stream).await).expect("JSON");
-        assert!(reply["error"].is_string(), "{}", String::from_utf8_lossy(bad));
+        let reply: serde_json::Value =
+            serde_json::from_str(&read_reply(&mut stream).await).expect("JSON");
+        assert!(
+            reply["error"].is_string(),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
     }
     stream.write_all(br#"{"N": 10}"#).await.expect("write");
     assert_eq!(read_reply(&mut stream).await, TEN);
@@ -156,7 +180,10 @@ async fn a_client_leaving_mid_reply_does_not_hurt_the_server() {
         let mut stream = connect(&backend).await;
         stream.write_all(br#"{"N": 50000}"#).await.expect("write");
         let mut some = vec![0u8; 100_000];
-        stream.read_exact(&mut some).await.expect("the start of a large reply");
+        stream
+            .read_exact(&mut some)
+            .await
+            .expect("the start of a large reply");
         drop(stream);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -183,7 +210,10 @@ async fn idle_connections_are_closed() {
     let mut stream = connect(&backend).await;
     let mut buf = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0))), "closed after the idle timeout: {read:?}");
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "closed after the idle timeout: {read:?}"
+    );
 }
 
 #[tokio::test]
@@ -192,20 +222,38 @@ async fn the_rest_tier_answers_through_a_back_end_exactly() {
     let local = Portico::start(BIN, "").await.expect("portico starts");
     let remote = Portico::start(
         BIN,
-        &format!("[fib]\nbackends = [\"{}\"]\nclient_cache_bytes = 0\n", backend.addr),
+        &format!(
+            "[fib]\nbackends = [\"{}\"]\nclient_cache_bytes = 0\n",
+            backend.addr
+        ),
     )
     .await
     .expect("portico starts");
     // Small (read whole) and large (streamed through, past BUFFER_LIMIT) replies.
     for n in [1, 10, 100, 5000, 12_000] {
         let path = format!("/fib/{n}");
-        let want = local.client().get(local.url(&path)).send().await.expect("local");
+        let want = local
+            .client()
+            .get(local.url(&path))
+            .send()
+            .await
+            .expect("local");
         let want = want.text().await.expect("body");
-        let got = remote.client().get(remote.url(&path)).send().await.expect("remote");
+        let got = remote
+            .client()
+            .get(remote.url(&path))
+            .send()
+            .await
+            .expect("remote");
         assert_eq!(got.status(), 200, "N = {n}");
         assert_eq!(got.text().await.expect("body"), want, "N = {n}");
     }
-    let refused = remote.client().get(remote.url("/fib/0")).send().await.expect("remote");
+    let refused = remote
+        .client()
+        .get(remote.url("/fib/0"))
+        .send()
+        .await
+        .expect("remote");
     assert_eq!(refused.status(), 400);
 }
 
@@ -217,7 +265,12 @@ async fn no_back_end_is_a_502_naming_it() {
     let server = Portico::start(BIN, &format!("[fib]\nbackends = [\"{addr}\"]\n"))
         .await
         .expect("portico starts");
-    let response = server.client().get(server.url("/fib/10")).send().await.expect("answer");
+    let response = server
+        .client()
+        .get(server.url("/fib/10"))
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(response.status(), 502);
     let body = response.text().await.expect("body");
     assert!(body.contains(&addr.to_string()), "{body}");
@@ -225,7 +278,15 @@ async fn no_back_end_is_a_502_naming_it() {
 
 /// Runs `workers` request loops against `/fib/<n>` until `stop`; counts successes and any
 /// failure (a failure is a lost request).
-fn load(server: &Portico, workers: usize, stop: Arc<AtomicBool>) -> (Arc<AtomicU64>, Arc<AtomicU64>, Vec<tokio::task::JoinHandle<Vec<String>>>) {
+fn load(
+    server: &Portico,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> (
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+    Vec<tokio::task::JoinHandle<Vec<String>>>,
+) {
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let handles = (0..workers)
@@ -242,7 +303,9 @@ fn load(server: &Portico, workers: usize, stop: Arc<AtomicBool>) -> (Arc<AtomicU
                     let answer = client.get(format!("{base}{n}")).send().await;
                     let good = match answer {
                         Ok(r) if r.status() == 200 => match r.text().await {
-                            Ok(body) => body.starts_with(&format!("{{\n  \"N\": {n},\n  \"result\": \"0 1 1 2")),
+                            Ok(body) => body.starts_with(&format!(
+                                "{{\n  \"N\": {n},\n  \"result\": \"0 1 1 2"
+                            )),
                             Err(_) => false,
                         },
                         Ok(r) => {
@@ -268,11 +331,20 @@ fn load(server: &Portico, workers: usize, stop: Arc<AtomicBool>) -> (Arc<AtomicU
 }
 
 async fn backend_calls(server: &Portico, backend: SocketAddr) -> u64 {
-    metric(server, &format!("portico_fib_backend_calls_total{{backend=\"{backend}\"}} ")).await
+    metric(
+        server,
+        &format!("portico_fib_backend_calls_total{{backend=\"{backend}\"}} "),
+    )
+    .await
 }
 
 async fn metric(server: &Portico, needle: &str) -> u64 {
-    let metrics = server.client().get(server.url("/metrics")).send().await.expect("metrics");
+    let metrics = server
+        .client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics");
     let metrics = metrics.text().await.expect("body");
     metrics
         .lines()
@@ -302,13 +374,19 @@ async fn killing_a_back_end_under_load_loses_no_request_and_it_returns_after_res
     let before_kill = ok.load(Ordering::Relaxed);
     a.kill();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(ok.load(Ordering::Relaxed) > before_kill, "requests go on while A is down");
+    assert!(
+        ok.load(Ordering::Relaxed) > before_kill,
+        "requests go on while A is down"
+    );
 
     let calls_while_down = backend_calls(&server, a_addr).await;
     a = Backend::start(&a_addr.to_string(), &[]);
     let deadline = Instant::now() + Duration::from_secs(15);
     while backend_calls(&server, a_addr).await <= calls_while_down {
-        assert!(Instant::now() < deadline, "A not used again within 15 s of its restart");
+        assert!(
+            Instant::now() < deadline,
+            "A not used again within 15 s of its restart"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Now B goes: everything must fall over to the restarted A.
@@ -320,7 +398,12 @@ async fn killing_a_back_end_under_load_loses_no_request_and_it_returns_after_res
         problems.extend(handle.await.expect("worker"));
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert_eq!(failed, 0, "{failed} requests lost of {}: {problems:?}", ok + failed);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} requests lost of {}: {problems:?}",
+        ok + failed
+    );
     assert!(ok > 100, "only {ok} requests in the run");
     assert!(a.is_running());
     let retries = metric(&server, "portico_fib_backend_retries_total ").await;

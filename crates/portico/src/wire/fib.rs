@@ -51,7 +51,11 @@ pub fn backend_main(args: BackendArgs) -> ExitCode {
 
 fn check_args(args: &BackendArgs) -> Option<String> {
     if args.limit == 0 || args.limit > fib::length::MAX_N {
-        return Some(format!("--limit must be from 1 to {}, got {}", fib::length::MAX_N, args.limit));
+        return Some(format!(
+            "--limit must be from 1 to {}, got {}",
+            fib::length::MAX_N,
+            args.limit
+        ));
     }
     if args.max_connections == 0 {
         return Some("--max-connections must be at least 1".into());
