@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 
 use crate::health::Health;
@@ -34,7 +34,7 @@ const STREAM_READ: usize = 256 * 1024;
 
 /// Why one attempt on one back end failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+enum FailureKind {
     Connect,
     Io,
     Timeout,
@@ -74,9 +74,12 @@ pub enum ClientError {
     Refused { backend: String, message: String },
 }
 
-/// One remote back end: its address, idle connections and health.
+/// One remote back end: its address, connections and health.
 struct Backend {
     address: String,
+    /// One permit per connection allowed (`pool_size`): calls past it wait for a free one
+    /// instead of opening and closing connections at a rate the back end cannot accept.
+    slots: Arc<Semaphore>,
     idle: Mutex<Vec<TcpStream>>,
     health: Mutex<Health>,
 }
@@ -143,6 +146,7 @@ impl BackendClient {
             .map(|address| {
                 Arc::new(Backend {
                     address: address.clone(),
+                    slots: Arc::new(Semaphore::new(pool_size)),
                     idle: Mutex::new(Vec::new()),
                     health: Mutex::new(Health::default()),
                 })
@@ -214,6 +218,18 @@ impl BackendClient {
     }
 
     async fn attempt(&self, backend: &Arc<Backend>, n: u64) -> Result<AttemptResult, Attempt> {
+        let slot = Arc::clone(&backend.slots).acquire_owned();
+        let Ok(Ok(slot)) = timeout(self.call_timeout, slot).await else {
+            return Err(Attempt {
+                backend: backend.address.clone(),
+                kind: FailureKind::Timeout,
+                detail: format!(
+                    "all {} connections stayed busy for {:?}",
+                    self.pool_size, self.call_timeout
+                ),
+                reused: false,
+            });
+        };
         let (mut conn, reused) = match backend.checkout() {
             Some(conn) => (conn, true),
             None => (self.connect(backend).await?, false),
@@ -270,6 +286,7 @@ impl BackendClient {
         Ok(AttemptResult::Text(self.stream(
             Arc::clone(backend),
             conn,
+            slot,
             text_len,
         )))
     }
@@ -294,14 +311,23 @@ impl BackendClient {
 
     /// Streams `text_len` bytes of numbers then the reply's tail from `conn`, handing the
     /// connection back to the pool once the reply is complete.
-    fn stream(&self, backend: Arc<Backend>, conn: TcpStream, text_len: u64) -> Text {
+    fn stream(
+        &self,
+        backend: Arc<Backend>,
+        conn: TcpStream,
+        slot: OwnedSemaphorePermit,
+        text_len: u64,
+    ) -> Text {
         let (tx, rx) = mpsc::channel(4);
         let call_timeout = self.call_timeout;
         let pool_size = self.pool_size;
         tokio::spawn(async move {
             let address = backend.address.clone();
-            match relay(conn, text_len, call_timeout, &tx).await {
-                Ok(conn) => backend.checkin(conn, pool_size),
+            let relayed = relay(conn, text_len, call_timeout, &tx).await;
+            drop(slot);
+            match relayed {
+                Ok(Some(conn)) => backend.checkin(conn, pool_size),
+                Ok(None) => {} // the HTTP client went away; the half-read reply is dropped
                 Err(problem) => {
                     ::metrics::counter!(metrics::BACKEND_ERRORS, "backend" => address.clone(), "kind" => "stream").increment(1);
                     tracing::warn!(backend = %address, error = %problem, "fib back end reply broke off mid-stream");
@@ -359,6 +385,10 @@ async fn read_whole(
     conn.read_exact(&mut body)
         .await
         .map_err(|e| (FailureKind::Io, format!("reading reply: {e}")))?;
+    let body = Bytes::from(body);
+    if let Some(text) = numbers_in_reply(&body, n) {
+        return Ok(AttemptResult::Text(Text::complete([text])));
+    }
     match protocol::parse_reply(&body) {
         Ok(Reply::Result { n: got, result }) if got == n && is_numbers_text(result.as_bytes()) => {
             Ok(AttemptResult::Text(Text::complete([Bytes::from(result)])))
@@ -379,7 +409,7 @@ async fn relay(
     mut text_len: u64,
     call_timeout: Duration,
     tx: &mpsc::Sender<Result<Bytes, TextError>>,
-) -> Result<TcpStream, String> {
+) -> Result<Option<TcpStream>, String> {
     while text_len > 0 {
         let want = text_len.min(STREAM_READ as u64) as usize;
         let mut chunk = vec![0u8; want];
@@ -395,14 +425,30 @@ async fn relay(
         }
         text_len -= got as u64;
         if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
-            return Err("client went away".into());
+            return Ok(None);
         }
     }
     let mut tail = [0u8; 2];
     match timeout(call_timeout, conn.read_exact(&mut tail)).await {
-        Ok(Ok(_)) if tail == protocol::REPLY_TAIL => Ok(conn),
+        Ok(Ok(_)) if tail == protocol::REPLY_TAIL => Ok(Some(conn)),
         _ => Err("reply does not end with \"}".into()),
     }
+}
+
+/// The numbers' text of a reply in this crate's own layout (`{"N": n, "result": "..."}`), as a
+/// slice of the reply with no JSON parsing; `None` for anything else (an error reply, other
+/// spacing), which then goes through the JSON parser.
+fn numbers_in_reply(body: &Bytes, n: u64) -> Option<Bytes> {
+    let head = protocol::reply_head(n);
+    let tail = protocol::REPLY_TAIL;
+    if body.len() < head.len() + tail.len()
+        || !body.starts_with(head.as_bytes())
+        || !body.ends_with(tail)
+    {
+        return None;
+    }
+    let text = body.slice(head.len()..body.len() - tail.len());
+    is_numbers_text(&text).then_some(text)
 }
 
 fn is_numbers_text(bytes: &[u8]) -> bool {
@@ -419,5 +465,41 @@ fn summarise(failures: &[Attempt]) -> ClientError {
         ClientError::TimedOut(detail)
     } else {
         ClientError::Unavailable(detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_layout_replies_are_sliced_without_parsing() {
+        let body = Bytes::from_static(br#"{"N": 3, "result": "0 1 1"}"#);
+        assert_eq!(numbers_in_reply(&body, 3).as_deref(), Some(&b"0 1 1"[..]));
+        assert_eq!(numbers_in_reply(&body, 4), None, "another N");
+        let injected = Bytes::from_static(br#"{"N": 3, "result": "0 1", "x": "1"}"#);
+        assert_eq!(
+            numbers_in_reply(&injected, 3),
+            None,
+            "only digits and spaces"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_back_end_listening_fails_fast_naming_each() {
+        // Ports 1 and 2 on loopback: nothing listens there, the connects are refused.
+        let client = BackendClient::new(
+            &["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()],
+            Duration::from_secs(1),
+            4,
+            0,
+        );
+        let err = client.text(10).await.err().expect("fails");
+        let message = err.to_string();
+        assert!(
+            message.contains("127.0.0.1:1") && message.contains("127.0.0.1:2"),
+            "{message}"
+        );
+        assert!(lock(&client.backends[0].health).is_down());
     }
 }

@@ -11,7 +11,7 @@ pub const DEFAULT_LIMIT: u64 = 100_000;
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Default time allowed for one back-end call (connect, send, first reply bytes).
 pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default idle connections kept per back end.
+/// Default connections per back end (calls in flight to it; more wait for a free one).
 pub const DEFAULT_POOL_SIZE: usize = 32;
 /// Default budget of the REST tier's cache of back-end replies.
 pub const DEFAULT_CLIENT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
@@ -29,7 +29,7 @@ pub struct Config {
     /// Time allowed for one back-end call before it is retried elsewhere.
     #[serde(with = "humantime_serde")]
     pub backend_timeout: Duration,
-    /// Idle connections kept open per back end.
+    /// Connections per back end, kept open between calls; calls past it wait for a free one.
     pub pool_size: usize,
     /// Bytes of back-end replies the REST tier keeps (0: none). Failures are never kept.
     pub client_cache_bytes: u64,
