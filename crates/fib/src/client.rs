@@ -187,7 +187,12 @@ impl BackendClient {
                         });
                     }
                     Err(attempt) => {
-                        let stale = attempt.reused && fresh_retry_left;
+                        // A pooled connection that fails at once may just have been closed
+                        // by the back end (restart, idle timeout): one fresh try there first.
+                        // A timeout is the back end's slowness, not staleness: move on.
+                        let stale = attempt.reused
+                            && attempt.kind != FailureKind::Timeout
+                            && fresh_retry_left;
                         if stale {
                             lock(&backend.idle).clear();
                             fresh_retry_left = false;
