@@ -406,6 +406,17 @@ mod tests {
     }
 
     proptest! {
+        /// Arbitrary bytes never panic the scanner, and cutting them anywhere changes nothing.
+        #[test]
+        fn arbitrary_bytes_scan_the_same_however_cut(
+            input in proptest::collection::vec(prop_oneof![any::<u8>(), Just(b'{'), Just(b'}'), Just(b'"')], 0..300),
+            cut in 0usize..300,
+        ) {
+            let cut = cut.min(input.len());
+            let (head, tail) = input.split_at(cut);
+            prop_assert_eq!(events(&[head, tail]), events(&[&input]));
+        }
+
         /// However the input is cut, the events are those of reading it whole.
         #[test]
         fn splitting_never_changes_the_events(

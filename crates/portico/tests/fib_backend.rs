@@ -258,10 +258,11 @@ async fn the_rest_tier_answers_through_a_back_end_exactly() {
 }
 
 #[tokio::test]
-async fn no_back_end_is_a_502_naming_it() {
+async fn no_back_end_is_a_502_naming_it_and_the_failure_is_not_cached() {
     let mut backend = Backend::start("127.0.0.1:0", &[]);
     let addr = backend.addr;
     backend.kill();
+    // The reply cache is on (default budget): it must not keep the failure.
     let server = Portico::start(BIN, &format!("[fib]\nbackends = [\"{addr}\"]\n"))
         .await
         .expect("portico starts");
@@ -274,6 +275,30 @@ async fn no_back_end_is_a_502_naming_it() {
     assert_eq!(response.status(), 502);
     let body = response.text().await.expect("body");
     assert!(body.contains(&addr.to_string()), "{body}");
+
+    let _backend = Backend::start(&addr.to_string(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = server
+            .client()
+            .get(server.url("/fib/10"))
+            .send()
+            .await
+            .expect("answer");
+        if response.status() == 200 {
+            let body = response.text().await.expect("body");
+            assert_eq!(
+                body,
+                "{\n  \"N\": 10,\n  \"result\": \"0 1 1 2 3 5 8 13 21 34\"\n}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "back end not used within 15 s of its start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Runs `workers` request loops against `/fib/<n>` until `stop`; counts successes and any
