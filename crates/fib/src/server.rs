@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
 use crate::cache::FibCache;
@@ -21,6 +21,9 @@ use crate::protocol::{self, Event, RequestScanner};
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Default idle timeout of `fib-backend` connections.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long shutdown waits for connections to finish the reply they are sending.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Replies up to this size are assembled and written in one piece.
 const COALESCE_LIMIT: u64 = 64 * 1024;
@@ -46,7 +49,8 @@ impl Default for ServerOptions {
     }
 }
 
-/// Serves connections from `listener` until `shutdown` completes.
+/// Serves connections from `listener` until `shutdown` completes, then lets every connection
+/// finish the reply it is sending (at most [`DRAIN_TIMEOUT`]) and returns.
 pub async fn serve(
     listener: TcpListener,
     cache: Arc<FibCache>,
@@ -55,10 +59,11 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(options.max_connections));
     let options = Arc::new(options);
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -77,12 +82,26 @@ pub async fn serve(
         };
         let cache = Arc::clone(&cache);
         let options = Arc::clone(&options);
+        let stop = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(reason) = Connection::new(stream, cache, options).run().await {
+            if let Err(reason) = Connection::new(stream, cache, options, stop).run().await {
                 tracing::debug!(%peer, reason, "fib-backend connection closed");
             }
             drop(permit);
         });
+    }
+    drain(&permits, options.max_connections, stop_tx).await;
+}
+
+/// Tells every connection to stop after its current reply and waits until all have.
+async fn drain(permits: &Semaphore, max_connections: usize, stop: watch::Sender<bool>) {
+    let _ = stop.send(true);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if timeout(DRAIN_TIMEOUT, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("fib-backend connections still busy after {DRAIN_TIMEOUT:?}; closing them");
     }
 }
 
@@ -99,16 +118,23 @@ struct Connection {
     cache: Arc<FibCache>,
     options: Arc<ServerOptions>,
     scanner: RequestScanner,
+    stop: watch::Receiver<bool>,
 }
 
 impl Connection {
-    fn new(stream: TcpStream, cache: Arc<FibCache>, options: Arc<ServerOptions>) -> Self {
+    fn new(
+        stream: TcpStream,
+        cache: Arc<FibCache>,
+        options: Arc<ServerOptions>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         let _ = stream.set_nodelay(true);
         Connection {
             stream,
             cache,
             options,
             scanner: RequestScanner::new(),
+            stop,
         }
     }
 
@@ -119,7 +145,14 @@ impl Connection {
             while let Some(event) = self.scanner.next_event() {
                 self.answer(event).await?;
             }
-            let read = timeout(self.options.idle_timeout, self.stream.read(&mut buf)).await;
+            if *self.stop.borrow() {
+                return Err("server shutting down");
+            }
+            let idle = self.options.idle_timeout;
+            let read = tokio::select! {
+                read = timeout(idle, self.stream.read(&mut buf)) => read,
+                _ = self.stop.changed() => return Err("server shutting down"),
+            };
             match read {
                 Err(_) => return Err("idle timeout"),
                 Ok(Err(_)) => return Err("read failed"),

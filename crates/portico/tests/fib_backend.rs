@@ -436,3 +436,31 @@ async fn killing_a_back_end_under_load_loses_no_request_and_it_returns_after_res
     eprintln!("retries: {retries}");
     eprintln!("failover run: {ok} requests, none lost");
 }
+
+#[tokio::test]
+async fn sigterm_closes_idle_connections_and_exits_zero() {
+    let mut backend = Backend::start("127.0.0.1:0", &[]);
+    let mut idle = connect(&backend).await;
+    idle.write_all(br#"{"N": 10}"#).await.expect("write");
+    assert_eq!(read_reply(&mut idle).await, TEN);
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(backend.child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "idle connection closed: {closed:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = backend.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fib-backend did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}
