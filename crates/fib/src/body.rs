@@ -84,3 +84,35 @@ impl http_body::Body for FramedBody {
         SizeHint::with_exact(self.remaining())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+
+    fn body(announced: u64, parts: &[&'static [u8]]) -> FramedBody {
+        let mut text = Text::complete(parts.iter().map(|p| Bytes::from_static(p)));
+        text.len = announced;
+        FramedBody::new(Bytes::from_static(b"["), text, Bytes::from_static(b"]"))
+    }
+
+    #[tokio::test]
+    async fn frames_head_text_and_tail_with_an_exact_size() {
+        let body = body(5, &[b"0 1 ", b"1"]);
+        assert_eq!(body.size_hint().exact(), Some(7));
+        let bytes = body.collect().await.expect("complete").to_bytes();
+        assert_eq!(&bytes[..], b"[0 1 1]");
+    }
+
+    #[tokio::test]
+    async fn a_text_shorter_than_announced_fails_the_body() {
+        let err = body(9, &[b"0 1 1"]).collect().await.err().expect("fails");
+        assert!(err.to_string().contains("5 bytes where 9"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_text_longer_than_announced_fails_the_body() {
+        assert!(body(3, &[b"0 1 1"]).collect().await.is_err());
+    }
+}
