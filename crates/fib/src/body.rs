@@ -107,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_text_shorter_than_announced_fails_the_body() {
-        let err = body(9, &[b"0 1 1"]).collect().await.err().expect("fails");
+        let err = body(9, &[b"0 1 1"]).collect().await.expect_err("fails");
         assert!(err.to_string().contains("5 bytes where 9"), "{err}");
     }
 
