@@ -130,6 +130,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_shows_the_defaults() {
+        let text = include_str!("../../../portico.example.toml");
+        let whole: toml::Value = toml::from_str(text).expect("the example is TOML");
+        let section = whole.get("fib").expect("[fib] in the example").clone();
+        let example: Config = section.try_into().expect("[fib] of the example is valid");
+        assert_eq!(format!("{example:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<Config>("limt = 5").expect_err("unknown key");
         assert!(err.to_string().contains("limt"), "{err}");
