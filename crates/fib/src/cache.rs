@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use crate::decimal::Decimal;
 use crate::length;
@@ -25,6 +25,10 @@ const SEGMENT_BYTES: usize = 1024 * 1024;
 
 /// Numbers added at least per growth step, so small requests do not grow one by one.
 const MIN_GROWTH: u64 = 1024;
+
+/// Answers computed past the cache at once (each is a busy thread and ~1.1 MiB of buffers);
+/// more wait for a turn, within the gateway's request timeout.
+pub const MAX_PRODUCERS: usize = 32;
 
 /// What readers see: the first `k()` numbers' text and where each one ends.
 #[derive(Clone)]
@@ -55,6 +59,7 @@ pub struct FibCache {
     budget: u64,
     /// Numbers ever added to the cache: equals `k()` exactly when nothing was computed twice.
     computed: AtomicU64,
+    producers: Arc<Semaphore>,
 }
 
 /// Internal failure while growing (a panicked blocking task).
@@ -78,6 +83,7 @@ impl FibCache {
             grower: Arc::new(Mutex::new(())),
             budget,
             computed: AtomicU64::new(0),
+            producers: Arc::new(Semaphore::new(MAX_PRODUCERS)),
         }
     }
 
@@ -100,7 +106,11 @@ impl FibCache {
             return Ok(cached_prefix(&snapshot, n));
         }
         ::metrics::counter!(metrics::CACHE_MISSES).increment(1);
-        Ok(past_the_cache(&snapshot, n))
+        let slot = Arc::clone(&self.producers)
+            .acquire_owned()
+            .await
+            .map_err(|e| GrowError(e.to_string()))?;
+        Ok(past_the_cache(&snapshot, n, slot))
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -201,10 +211,10 @@ fn cached_prefix(snapshot: &Snapshot, n: u64) -> Text {
 }
 
 /// Text of F(0) .. F(n-1) with `n > k`: every cached segment, then a producer for the rest.
-fn past_the_cache(snapshot: &Snapshot, n: u64) -> Text {
+fn past_the_cache(snapshot: &Snapshot, n: u64, slot: OwnedSemaphorePermit) -> Text {
     let k = snapshot.k();
     let ready: VecDeque<Bytes> = snapshot.segments.iter().cloned().collect();
-    let rest = text::produce((*snapshot.next).clone(), k, n);
+    let rest = text::produce((*snapshot.next).clone(), k, n, slot);
     Text {
         len: snapshot.total + length::text_len(k, n),
         ready,

@@ -77,10 +77,18 @@ impl Text {
 
 /// Starts a blocking producer of the text of F(from) .. F(to-1), given `pair = (F(from),
 /// F(from+1))`; the returned stream ends when the text does. Dropping the stream stops the
-/// producer at its next chunk.
-pub fn produce(pair: (Decimal, Decimal), from: u64, to: u64) -> ChunkStream {
+/// producer at its next chunk. `slot` (a producer permit, if any) is held until it stops.
+pub fn produce<S: Send + 'static>(
+    pair: (Decimal, Decimal),
+    from: u64,
+    to: u64,
+    slot: S,
+) -> ChunkStream {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-    tokio::task::spawn_blocking(move || produce_blocking(pair, from, to, &tx));
+    tokio::task::spawn_blocking(move || {
+        produce_blocking(pair, from, to, &tx);
+        drop(slot);
+    });
     Box::pin(ProducedChunks { rx })
 }
 
@@ -133,7 +141,7 @@ mod tests {
 
     #[tokio::test]
     async fn producer_writes_the_range_with_single_spaces() {
-        let rest = produce((Decimal::small(0), Decimal::small(1)), 0, 10);
+        let rest = produce((Decimal::small(0), Decimal::small(1)), 0, 10, ());
         let text = Text {
             len: 22,
             ready: VecDeque::new(),
@@ -144,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn ready_parts_come_before_the_produced_rest() {
-        let rest = produce((Decimal::small(5), Decimal::small(8)), 5, 7);
+        let rest = produce((Decimal::small(5), Decimal::small(8)), 5, 7, ());
         let mut text = Text::complete([Bytes::from_static(b"0 1 1 2 3 ")]);
         text.rest = Some(rest);
         assert_eq!(collect(text).await, "0 1 1 2 3 5 8");
