@@ -22,11 +22,6 @@ pub enum FibError {
 }
 
 impl FibError {
-    /// The client's fault (so not worth retrying as is).
-    pub fn is_client_error(&self) -> bool {
-        matches!(self, FibError::BadN(_))
-    }
-
     fn status(&self) -> StatusCode {
         match self {
             FibError::BadN(_) => StatusCode::BAD_REQUEST,

@@ -25,6 +25,9 @@ pub const SERVER_CONNECTIONS: &str = "portico_fib_backend_server_connections_tot
 /// Requests refused by `fib-backend` as malformed.
 pub const SERVER_BAD_REQUESTS: &str = "portico_fib_backend_server_bad_requests_total";
 
+/// The bucket of requests whose N was refused.
+pub const INVALID_BUCKET: &str = "invalid";
+
 /// The decade N falls in, as a label: `1-10`, `11-100`, ..., `100001+`.
 pub fn n_bucket(n: u64) -> &'static str {
     match n {

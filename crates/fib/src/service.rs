@@ -81,34 +81,37 @@ async fn answer(State(inner): State<Arc<Inner>>, uri: Uri) -> Response {
     // The raw path, not a decoded one: N is ASCII digits, so `%31` is refused, not read as 1.
     let raw = uri.path().strip_prefix("/fib").unwrap_or_default();
     let raw = raw.strip_prefix('/').unwrap_or(raw);
-    match respond(&inner, raw).await {
-        Ok((n, response)) => {
-            ::metrics::counter!(metrics::REQUESTS, "bucket" => metrics::n_bucket(n), "outcome" => "ok").increment(1);
-            response
+    let n = match parse_n(raw, inner.limit) {
+        Ok(n) => n,
+        Err(bad) => {
+            count(metrics::INVALID_BUCKET, "bad_request");
+            return FibError::from(bad).into_response();
+        }
+    };
+    match numbers(&inner, n).await {
+        Ok(text) => {
+            count(metrics::n_bucket(n), "ok");
+            json_response(n, text)
         }
         Err(error) => {
-            let outcome = if error.is_client_error() {
-                "bad_request"
-            } else {
-                "error"
-            };
-            ::metrics::counter!(metrics::REQUESTS, "bucket" => "invalid", "outcome" => outcome)
-                .increment(1);
+            count(metrics::n_bucket(n), "error");
             error.into_response()
         }
     }
 }
 
-async fn respond(inner: &Inner, raw: &str) -> Result<(u64, Response), FibError> {
-    let n = parse_n(raw, inner.limit)?;
-    let text = match &inner.source {
+fn count(bucket: &'static str, outcome: &'static str) {
+    ::metrics::counter!(metrics::REQUESTS, "bucket" => bucket, "outcome" => outcome).increment(1);
+}
+
+async fn numbers(inner: &Inner, n: u64) -> Result<Text, FibError> {
+    match &inner.source {
         Source::Local(cache) => cache
             .text(n)
             .await
-            .map_err(|e| FibError::Internal(e.to_string()))?,
-        Source::Remote(client) => client.text(n).await?,
-    };
-    Ok((n, json_response(n, text)))
+            .map_err(|e| FibError::Internal(e.to_string())),
+        Source::Remote(client) => Ok(client.text(n).await?),
+    }
 }
 
 /// `{\n  "N": n,\n  "result": "` + text + `"\n}`, as the original printed it.
