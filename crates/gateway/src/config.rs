@@ -142,6 +142,8 @@ pub struct GatewayConfig {
     pub group: Option<String>,
     /// Serve as root when no `user` is set.
     pub allow_root: bool,
+    /// Event loops serving connections; 0: one per core.
+    pub workers: usize,
 }
 
 impl GatewayConfig {
@@ -269,6 +271,7 @@ mod tests {
             user: None,
             group: None,
             allow_root: false,
+            workers: 0,
         }
     }
 
