@@ -183,12 +183,15 @@ fn grow(mut snapshot: Snapshot, target: u64, budget: u64) -> Snapshot {
     snapshot
 }
 
-/// Moves `buf` into a new segment; returns the offset where the next segment starts.
+/// Copies `buf` into a new segment and empties it; returns the offset where the next segment
+/// starts. A copy, not `Bytes::from(buf)`: that would keep the buffer's spare capacity (a
+/// quarter more than the text) for as long as the cache lives.
 fn close_segment(snapshot: &mut Snapshot, buf: &mut Vec<u8>, start: u64) -> u64 {
     if buf.is_empty() {
         return start;
     }
-    let segment = Bytes::from(std::mem::take(buf));
+    let segment = Bytes::copy_from_slice(buf);
+    buf.clear();
     let next_start = start + segment.len() as u64;
     snapshot.segment_starts.push(start);
     snapshot.segments.push(segment);
