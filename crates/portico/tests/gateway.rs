@@ -274,6 +274,45 @@ async fn metrics_count_requests_per_service_and_status() {
     assert_eq!(reqwest::get(plain).await.unwrap().status(), 200);
 }
 
+#[tokio::test]
+async fn sigterm_during_a_slow_request_lets_it_finish_then_exits_zero() {
+    let mut server = Portico::builder(BIN)
+        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"messages\"]\n")
+        .toml("[limits]\ndrain_timeout = \"20s\"\n")
+        .start()
+        .await
+        .unwrap();
+    let addr = server.addr();
+    let body = br#"{"message": "finished during the drain"}"#;
+    let head = format!(
+        "POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..5]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "no new connections once draining"
+    );
+    let writer = tokio::task::spawn_blocking(move || {
+        // The rest of the body, slowly: about 1.5 s more.
+        for byte in &body[5..] {
+            stream.write_all(&[*byte]).unwrap();
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        read_until_closed(&mut stream, Duration::from_secs(10)).0
+    });
+    let answer = String::from_utf8(writer.await.unwrap()).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(answer.contains("\"digest\""), "{answer}");
+    let status = server.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn a_config_with_an_unknown_key_fails_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
