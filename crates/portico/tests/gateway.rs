@@ -101,6 +101,27 @@ async fn body_over_the_limit_gets_413_and_the_server_stays_healthy() {
 }
 
 #[tokio::test]
+async fn an_ipv6_wildcard_listener_is_dual_stack() {
+    let server = Portico::builder(BIN)
+        .listeners_toml("[[listener]]\naddr = \"[::]:0\"\nservices = [\"admin\"]\n")
+        .start()
+        .await
+        .unwrap();
+    let port = server.addr().port();
+    for host in ["127.0.0.1", "[::1]"] {
+        let answer = reqwest::get(format!("http://{host}:{port}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "over {host}");
+    }
+    let log = server.stderr();
+    assert!(
+        log.contains(" 127.0.0.1:"),
+        "IPv4 clients are logged as IPv4: {log}"
+    );
+}
+
+#[tokio::test]
 async fn unknown_path_is_a_json_404() {
     let server = Portico::start(BIN, "").await.unwrap();
     let answer = server
