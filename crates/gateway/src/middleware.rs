@@ -212,19 +212,24 @@ impl AccessRecord {
     fn write(&self, bytes: u64, complete: bool) {
         let mut line = String::with_capacity(160);
         write_timestamp(&mut line);
+        match self.client {
+            Some(client) => {
+                let _ = write!(line, " {client}");
+            }
+            None => line.push_str(" -"),
+        }
+        let micros = self.start.elapsed().as_micros();
         let _ = writeln!(
             line,
-            " {} \"{} {} {:?}\" {} {}{} {:.3}ms service={} id={}",
-            self.client
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
+            " \"{} {} {:?}\" {} {}{} {}.{:03}ms service={} id={}",
             self.method,
             self.target,
             self.version,
             self.status,
             bytes,
             if complete { "" } else { " (aborted)" },
-            self.start.elapsed().as_secs_f64() * 1000.0,
+            micros / 1000,
+            micros % 1000,
             self.service.as_deref().unwrap_or("none"),
             self.id.to_str().unwrap_or("-"),
         );

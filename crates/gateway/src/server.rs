@@ -300,6 +300,7 @@ impl Listener {
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
         let _ = stream.set_nodelay(true);
+        let peer = canonical_peer(peer);
         let permit = self.slots.clone().try_acquire_owned().ok();
         let router = match permit {
             Some(_) => self.router.clone(),
@@ -347,6 +348,18 @@ impl Listener {
     }
 }
 
+/// An IPv4 client of a dual-stack socket arrives as `::ffff:a.b.c.d`: services and logs see
+/// it as the IPv4 address it is.
+fn canonical_peer(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
 /// Completes once shutdown was asked for (at once if it already was).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across an await: drop it here.
@@ -367,4 +380,17 @@ fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mapped_peers_become_ipv4() {
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:80".parse().unwrap();
+        assert_eq!(canonical_peer(mapped), "10.1.2.3:80".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        assert_eq!(canonical_peer(v6), v6);
+    }
 }

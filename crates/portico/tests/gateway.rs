@@ -101,6 +101,27 @@ async fn body_over_the_limit_gets_413_and_the_server_stays_healthy() {
 }
 
 #[tokio::test]
+async fn an_ipv6_wildcard_listener_is_dual_stack() {
+    let server = Portico::builder(BIN)
+        .listeners_toml("[[listener]]\naddr = \"[::]:0\"\nservices = [\"admin\"]\n")
+        .start()
+        .await
+        .unwrap();
+    let port = server.addr().port();
+    for host in ["127.0.0.1", "[::1]"] {
+        let answer = reqwest::get(format!("http://{host}:{port}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "over {host}");
+    }
+    let log = server.stderr();
+    assert!(
+        log.contains(" 127.0.0.1:"),
+        "IPv4 clients are logged as IPv4: {log}"
+    );
+}
+
+#[tokio::test]
 async fn unknown_path_is_a_json_404() {
     let server = Portico::start(BIN, "").await.unwrap();
     let answer = server
@@ -272,6 +293,45 @@ async fn metrics_count_requests_per_service_and_status() {
     assert!(text.contains("status=\"404\""), "{text}");
     let plain = server.url_on(false, "/healthz").unwrap();
     assert_eq!(reqwest::get(plain).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn sigterm_during_a_slow_request_lets_it_finish_then_exits_zero() {
+    let mut server = Portico::builder(BIN)
+        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"messages\"]\n")
+        .toml("[limits]\ndrain_timeout = \"20s\"\n")
+        .start()
+        .await
+        .unwrap();
+    let addr = server.addr();
+    let body = br#"{"message": "finished during the drain"}"#;
+    let head = format!(
+        "POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..5]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "no new connections once draining"
+    );
+    let writer = tokio::task::spawn_blocking(move || {
+        // The rest of the body, slowly: about 1.5 s more.
+        for byte in &body[5..] {
+            stream.write_all(&[*byte]).unwrap();
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        read_until_closed(&mut stream, Duration::from_secs(10)).0
+    });
+    let answer = String::from_utf8(writer.await.unwrap()).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(answer.contains("\"digest\""), "{answer}");
+    let status = server.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert!(status.success(), "{status}");
 }
 
 #[test]
