@@ -228,6 +228,30 @@ async fn run_worker(
     stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    crate::logging::batch_access_lines();
+    let ticker = tokio::spawn(flush_access_log_every(ACCESS_LOG_FLUSH));
+    serve_worker(sockets, stop, drain).await;
+    ticker.abort();
+    crate::logging::flush_access_lines();
+}
+
+/// How old a worker's buffered access-log lines may get.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_millis(100);
+
+async fn flush_access_log_every(period: Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        crate::logging::flush_access_lines();
+    }
+}
+
+async fn serve_worker(
+    sockets: Vec<(std::net::TcpListener, Arc<Listener>)>,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
     let connections = TaskTracker::new();
     let mut loops = Vec::new();
     for (socket, listener) in sockets {
