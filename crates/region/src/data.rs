@@ -99,7 +99,7 @@ impl From<ini::Problem> for DataProblem {
 /// Why the data could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read region data {path}: {source}")]
+    #[error("cannot read region data {path}")]
     Read {
         path: String,
         #[source]

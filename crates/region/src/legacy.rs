@@ -45,7 +45,7 @@ pub enum LegacyError {
     NotFound(String),
     #[error("Log directory \"{0}\" is not writable")]
     LogDir(String),
-    #[error("Error parsing configuration file \"{path}\": {source}")]
+    #[error("Error parsing configuration file \"{path}\"")]
     Read {
         path: String,
         #[source]
@@ -57,7 +57,7 @@ pub enum LegacyError {
     Missing { path: String, key: &'static str },
     #[error("Default configuration file \"{0}\" not found")]
     DefaultNotFound(String),
-    #[error("Could not open log file \"{path}\" for writing. ({source})")]
+    #[error("Could not open log file \"{path}\" for writing.")]
     LogFile {
         path: String,
         #[source]
@@ -119,6 +119,32 @@ pub fn open_log(path: &Path) -> Result<std::fs::File, LegacyError> {
             path: shown(path),
             source,
         })
+}
+
+/// Keeps the log writer alive; dropping it flushes the log.
+pub struct LogGuard {
+    _guard: tracing_appender::non_blocking::WorkerGuard,
+}
+
+/// Sends every log line (the service's and the gateway's access log) to `file`, appended, at
+/// `level` (a tracing filter such as `info`), as the original's single log file. Lines go
+/// through a background writer and are never dropped. Rotation is left to logrotate
+/// (`copytruncate` works: the file is opened for appending).
+pub fn init_logging(file: std::fs::File, level: &str) -> Result<LogGuard, String> {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("log level {level:?}: {e}"))?;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(file);
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .finish()
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    Ok(LogGuard { _guard: guard })
 }
 
 fn check_log_dir(log: &Path) -> Result<(), LegacyError> {

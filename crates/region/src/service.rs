@@ -131,11 +131,24 @@ impl RegionService {
             }
             Err(e) => {
                 metrics::counter!("portico_region_reloads_total", "result" => "error").increment(1);
-                tracing::error!(error = %e, "region data reload failed; still serving the previous data");
+                let error = chain(e);
+                tracing::error!(%error, "region data reload failed; still serving the previous data");
             }
         }
         result
     }
+}
+
+/// `error: cause: cause` (the way anyhow's `{:#}` prints), for logs.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn summary(data: &RegionData) -> Summary {
