@@ -72,11 +72,12 @@ impl RegionService {
         let options = BuildOptions {
             ipv6_only_server_ip_none: config.ipv6_only_server_ip_none,
         };
+        let start = std::time::Instant::now();
         let data = match &config.data {
             Some(path) => RegionData::load(path, options)?,
             None => RegionData::default(),
         };
-        log_loaded(config.data.as_deref(), &data, "region data loaded");
+        log_loaded(config.data.as_deref(), &data, start, "region data loaded");
         Ok(RegionService {
             inner: Arc::new(Inner {
                 data: ArcSwap::from_pointee(data),
@@ -110,9 +111,10 @@ impl RegionService {
         let Some(path) = &self.inner.path else {
             return Ok(summary(&self.data()));
         };
+        let start = std::time::Instant::now();
         let data = RegionData::load(path, self.inner.options)?;
         let result = summary(&data);
-        log_loaded(Some(path), &data, "region data reloaded");
+        log_loaded(Some(path), &data, start, "region data reloaded");
         self.inner.data.store(Arc::new(data));
         Ok(result)
     }
@@ -161,7 +163,7 @@ fn summary(data: &RegionData) -> Summary {
     }
 }
 
-fn log_loaded(path: Option<&Path>, data: &RegionData, what: &str) {
+fn log_loaded(path: Option<&Path>, data: &RegionData, start: std::time::Instant, what: &str) {
     let shown = path.map_or_else(|| "(none)".to_string(), |p| p.display().to_string());
     for warning in &data.warnings {
         tracing::warn!(file = %shown, "{warning}");
@@ -174,6 +176,7 @@ fn log_loaded(path: Option<&Path>, data: &RegionData, what: &str) {
         v4_prefixes = s.v4_prefixes,
         v6_prefixes = s.v6_prefixes,
         skipped = s.warnings,
+        load_ms = start.elapsed().as_secs_f64() * 1000.0,
         "{what}"
     );
 }
