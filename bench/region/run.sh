@@ -14,13 +14,15 @@
 # then stops everything it started and prints a table.
 #
 # Environment: DURATION (s, default 10), CONNECTIONS (default 64), THREADS (default 2),
-# RELOADS (default 10), CARGO_TARGET_DIR (default ./target).
+# RELOADS (default 10), LOG_REQUESTS ([region] log_requests, default true),
+# CARGO_TARGET_DIR (default ./target).
 set -euo pipefail
 
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 RELOADS=${RELOADS:-10}
+LOG_REQUESTS=${LOG_REQUESTS:-true}
 TARGET=${CARGO_TARGET_DIR:-target}
 
 for tool in wrk cargo; do
@@ -43,7 +45,8 @@ echo "== load before the run: $(uptime)"
 LOAD_BEFORE=$(awk '{print $1", "$2", "$3}' /proc/loadavg)
 
 echo "== building (release)"
-cargo build --release -q -p portico -p region --examples
+cargo build --release -q -p portico
+cargo build --release -q -p region --examples
 BIN="$TARGET/release/portico"
 GEN="$TARGET/release/examples/gen_region_data"
 LOADER="$TARGET/release/examples/load_region_data"
@@ -78,6 +81,7 @@ services = ["region"]
 [region]
 data = "$WORK/regionData.cfg"
 watch_interval_secs = 0
+log_requests = $LOG_REQUESTS
 EOF
 START_NS=$(date +%s%N)
 "$BIN" serve --config "$WORK/portico.toml" > "$WORK/stdout" 2> "$WORK/stderr" &
@@ -133,8 +137,10 @@ done
 wait "$WRK_PID"
 RELOAD=$(cat "$WORK/reload.result")
 echo "$RELOAD"
-sleep 0.5
-RELOADS_DONE=$(( $(grep -c "region data reloaded" "$WORK/logs/app.log" || true) - RELOADS_BEFORE ))
+# The log writer may still be draining the access log: wait (bounded) for the reload lines.
+reloads_logged() { echo $(( $(grep -c "region data reloaded" "$WORK/logs/app.log" || true) - RELOADS_BEFORE )); }
+for _ in $(seq 1 100); do (( $(reloads_logged) >= RELOADS )) && break; sleep 0.1; done
+RELOADS_DONE=$(reloads_logged)
 RELOAD_MS=$(sed -n 's/.*region data reloaded.* load_ms=\([0-9.]*\).*/\1/p' "$WORK/logs/app.log" | sort -n | tail -1)
 RSS_AFTER_RELOADS_KIB=$(rss_kib VmRSS)
 
@@ -159,6 +165,7 @@ Data: 1,000 regions, 100,000 IPv4 + 20,000 IPv6 prefixes, $(( DATA_BYTES / 1024 
 | server RSS when ready / after load runs / peak | $(mib "$RSS_IDLE_KIB") / $(mib "$RSS_LOADED_KIB") / $(mib "$RSS_PEAK_KIB") | < 50 MB |
 | server RSS after ${RELOADS_DONE} reloads | $(mib "$RSS_AFTER_RELOADS_KIB") | |
 
+Logs to files at level info, access log on, \`[region] log_requests = $LOG_REQUESTS\`.
 wrk over HTTPS keep-alive (HTTP/1.1), ${THREADS} threads, ${CONNECTIONS} connections, ${DURATION} s, client and server on the same $(nproc) cores:
 
 | endpoint | requests/s | vs /healthz | failed | latency p50 / p99 |

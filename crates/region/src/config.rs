@@ -27,6 +27,9 @@ pub struct Config {
     /// Seconds between checks of the data file's size and mtime; a change reloads it.
     /// 0 turns the check off (SIGHUP still reloads).
     pub watch_interval_secs: u64,
+    /// Log one line per request (client, hint, region provided or denied), as the original
+    /// does. The gateway's access log has the client, the URL and the status either way.
+    pub log_requests: bool,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             ipv6_only_server_ip_none: false,
             watch_interval_secs: DEFAULT_WATCH_INTERVAL_SECS,
+            log_requests: true,
         }
     }
 }
@@ -119,7 +123,8 @@ mod tests {
             "data = \"/etc/regionService/regionData.cfg\"\n\
              trusted_proxies = [\"10.0.0.0/8\"]\n\
              ipv6_only_server_ip_none = true\n\
-             watch_interval_secs = 2\n",
+             watch_interval_secs = 2\n\
+             log_requests = false\n",
         )
         .unwrap();
         assert_eq!(
@@ -129,5 +134,6 @@ mod tests {
         assert_eq!(c.trusted_networks().len(), 1);
         assert!(c.ipv6_only_server_ip_none);
         assert_eq!(c.watch_interval(), Some(Duration::from_secs(2)));
+        assert!(!c.log_requests);
     }
 }

@@ -53,6 +53,7 @@ struct Inner {
     path: Option<PathBuf>,
     options: BuildOptions,
     trusted: Vec<Net<IpAddr>>,
+    log_requests: bool,
 }
 
 /// The region service. Cheap to clone: clones share the data.
@@ -84,6 +85,7 @@ impl RegionService {
                 path: config.data.clone(),
                 options,
                 trusted: config.trusted_networks(),
+                log_requests: config.log_requests,
             }),
         })
     }
@@ -213,17 +215,33 @@ fn answer(inner: &Inner, request: &Request) -> Response {
         Some(region) => (Some(region), "hint"),
         None => (ip.and_then(|ip| data.by_ip(ip)), "ip"),
     };
-    let client = ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    let client = ClientShown(ip);
     match region {
         Some(region) => {
             metrics::counter!("portico_region_answers_total", "by" => by).increment(1);
-            tracing::info!(client = %client, hint = ?hint, region = %region.name, by, "provided");
+            if inner.log_requests {
+                tracing::info!(%client, hint = ?hint, region = %region.name, by, "provided");
+            }
             xml_response(region.answer())
         }
         None => {
             metrics::counter!("portico_region_answers_total", "by" => "none").increment(1);
-            tracing::info!(client = %client, hint = ?hint, "denied");
+            if inner.log_requests {
+                tracing::info!(%client, hint = ?hint, "denied");
+            }
             not_found()
+        }
+    }
+}
+
+/// The client address for logs, formatted only when a line is written.
+struct ClientShown(Option<IpAddr>);
+
+impl std::fmt::Display for ClientShown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => write!(f, "{ip}"),
+            None => f.write_str("unknown"),
         }
     }
 }
