@@ -123,7 +123,9 @@ RSS_PEAK_KIB=$(rss_kib VmHWM)
 echo "$HEALTHZ"; echo "$BY_IP"; echo "$BY_HINT"
 
 echo "== reload under load: ${RELOADS} SIGHUPs during ${DURATION}s of wrk on /regionInfo"
-RELOADS_BEFORE=$(grep -c "region data reloaded" "$WORK/logs/app.log" || true)
+# app.log rotates under load (100 MB): count over the rotated files too.
+app_logs() { cat "$WORK"/logs/app.log*; }
+RELOADS_BEFORE=$(app_logs | grep -c "region data reloaded" || true)
 run_wrk reload /regionInfo "$DURATION" > "$WORK/reload.result" &
 WRK_PID=$!
 sleep 1
@@ -138,10 +140,10 @@ wait "$WRK_PID"
 RELOAD=$(cat "$WORK/reload.result")
 echo "$RELOAD"
 # The log writer may still be draining the access log: wait (bounded) for the reload lines.
-reloads_logged() { echo $(( $(grep -c "region data reloaded" "$WORK/logs/app.log" || true) - RELOADS_BEFORE )); }
+reloads_logged() { echo $(( $(app_logs | grep -c "region data reloaded" || true) - RELOADS_BEFORE )); }
 for _ in $(seq 1 100); do (( $(reloads_logged) >= RELOADS )) && break; sleep 0.1; done
 RELOADS_DONE=$(reloads_logged)
-RELOAD_MS=$(sed -n 's/.*region data reloaded.* load_ms=\([0-9.]*\).*/\1/p' "$WORK/logs/app.log" | sort -n | tail -1)
+RELOAD_MS=$(app_logs | sed -n 's/.*region data reloaded.* load_ms=\([0-9.]*\).*/\1/p' | sort -n | tail -1)
 RSS_AFTER_RELOADS_KIB=$(rss_kib VmRSS)
 
 rps() { awk '{print $2}' <<<"$1"; }

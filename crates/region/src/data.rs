@@ -83,15 +83,11 @@ impl fmt::Display for DataProblem {
 
 impl From<ini::Problem> for DataProblem {
     fn from(p: ini::Problem) -> Self {
-        let full = p.to_string();
-        let message = full
-            .split_once(": ")
-            .map_or(full.clone(), |(_, m)| m.to_string());
         DataProblem {
             line: p.line,
+            message: p.message(),
             section: p.section,
             key: p.key,
-            message,
         }
     }
 }

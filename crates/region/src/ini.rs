@@ -83,6 +83,29 @@ pub struct Problem {
     pub kind: ProblemKind,
 }
 
+impl Problem {
+    /// What is wrong, without the location.
+    pub fn message(&self) -> String {
+        match &self.kind {
+            ProblemKind::MissingSectionHeader => {
+                format!("no section header before {:?}", self.text)
+            }
+            ProblemKind::DuplicateSection { first_line } => {
+                format!("section already defined on line {first_line}")
+            }
+            ProblemKind::DuplicateOption { first_line } => {
+                format!("option already set on line {first_line}")
+            }
+            ProblemKind::NotAnOption => format!(
+                "not a section header, an option (key = value) or a comment: {:?}",
+                self.text
+            ),
+            ProblemKind::EmptyOptionName => format!("option without a name: {:?}", self.text),
+            ProblemKind::NotUtf8 => "not valid UTF-8".to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "line {}", self.line)?;
@@ -92,24 +115,7 @@ impl fmt::Display for Problem {
         if let Some(key) = &self.key {
             write!(f, ", key {key}")?;
         }
-        match &self.kind {
-            ProblemKind::MissingSectionHeader => {
-                write!(f, ": no section header before {:?}", self.text)
-            }
-            ProblemKind::DuplicateSection { first_line } => {
-                write!(f, ": section already defined on line {first_line}")
-            }
-            ProblemKind::DuplicateOption { first_line } => {
-                write!(f, ": option already set on line {first_line}")
-            }
-            ProblemKind::NotAnOption => write!(
-                f,
-                ": not a section header, an option (key = value) or a comment: {:?}",
-                self.text
-            ),
-            ProblemKind::EmptyOptionName => write!(f, ": option without a name: {:?}", self.text),
-            ProblemKind::NotUtf8 => write!(f, ": not valid UTF-8"),
-        }
+        write!(f, ": {}", self.message())
     }
 }
 
@@ -177,8 +183,9 @@ struct Reader {
     option: Option<usize>,
     /// Indentation of the last header or option line: deeper lines continue the value.
     indent_level: usize,
-    /// Lines of each option's value, parallel to the entries (joined when finished).
-    pending: Vec<(Target, usize, Vec<String>)>,
+    /// Whether the file holds any continuation or in-value empty line (values then need
+    /// their trailing whitespace trimmed at the end, as Python's join + rstrip).
+    continued: bool,
 }
 
 /// Parses `bytes` (a whole file). Returns the file or every problem found.
@@ -209,7 +216,7 @@ pub fn parse(text: &str) -> Result<Ini, Vec<Problem>> {
         target: None,
         option: None,
         indent_level: 0,
-        pending: Vec::new(),
+        continued: false,
     };
     for (index, line) in lines(text).enumerate() {
         reader.line(index + 1, line);
@@ -225,15 +232,16 @@ impl Reader {
             return;
         }
         if stripped.is_empty() {
-            if let Some(pending) = self.current_pending() {
-                pending.push(String::new());
+            if let Some(value) = self.current_value() {
+                value.push('\n');
             }
             return;
         }
         let indent = line.chars().take_while(|&c| is_py_space(c)).count();
         if self.option.is_some() && self.target.is_some() && indent > self.indent_level {
-            if let Some(pending) = self.current_pending() {
-                pending.push(stripped.to_string());
+            if let Some(value) = self.current_value() {
+                value.push('\n');
+                value.push_str(stripped);
             }
             return;
         }
@@ -247,15 +255,14 @@ impl Reader {
         }
     }
 
-    /// The value lines of the option continuation lines would append to.
-    fn current_pending(&mut self) -> Option<&mut Vec<String>> {
+    /// The value continuation lines append to (lines are joined with `\n`, as Python does).
+    fn current_value(&mut self) -> Option<&mut String> {
         let target = self.target?;
         let option = self.option?;
-        self.pending
-            .iter_mut()
-            .rev()
-            .find(|(t, i, _)| *t == target && *i == option)
-            .map(|(_, _, lines)| lines)
+        self.continued = true;
+        self.entries_mut(target)
+            .get_mut(option)
+            .map(|entry| &mut entry.value)
     }
 
     fn header(&mut self, lineno: usize, name: &str) {
@@ -313,12 +320,10 @@ impl Reader {
         }
         entries.push(Entry {
             key,
-            value: String::new(),
+            value,
             line: lineno,
         });
-        let index = entries.len() - 1;
-        self.option = Some(index);
-        self.pending.push((target, index, vec![value]));
+        self.option = Some(entries.len() - 1);
     }
 
     fn section_name(&self, target: Target) -> Option<String> {
@@ -349,10 +354,18 @@ impl Reader {
         if !self.problems.is_empty() {
             return Err(self.problems);
         }
-        for (target, index, value_lines) in std::mem::take(&mut self.pending) {
-            let joined = value_lines.join("\n");
-            let value = joined.trim_end_matches(is_py_space).to_string();
-            self.entries_mut(target)[index].value = value;
+        if self.continued {
+            // Python joins the value lines and strips the end (trailing empty lines).
+            let all = self.ini.defaults.iter_mut().chain(
+                self.ini
+                    .sections
+                    .iter_mut()
+                    .flat_map(|s| s.entries.iter_mut()),
+            );
+            for entry in all {
+                let end = entry.value.trim_end_matches(is_py_space).len();
+                entry.value.truncate(end);
+            }
         }
         Ok(self.ini)
     }
@@ -370,8 +383,8 @@ fn section_header(stripped: &str) -> Option<&str> {
     Some(name)
 }
 
-/// Writes `ini` back as text that [`parse`] reads to the same value (used by round-trip tests
-/// and the benchmark's generator).
+/// Writes `ini` back as text that [`parse`] reads to the same value (what the round-trip
+/// property test relies on).
 pub fn render(ini: &Ini) -> String {
     let mut out = String::new();
     if !ini.defaults.is_empty() {

@@ -178,7 +178,7 @@ fn log_loaded(path: Option<&Path>, data: &RegionData, start: std::time::Instant,
         v4_prefixes = s.v4_prefixes,
         v6_prefixes = s.v6_prefixes,
         skipped = s.warnings,
-        load_ms = start.elapsed().as_secs_f64() * 1000.0,
+        load_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX),
         "{what}"
     );
 }
