@@ -185,10 +185,20 @@ async fn serves_the_original_files_over_https_and_logs_to_the_log_file() {
         .unwrap();
     let url = format!("https://localhost:{port}/regionInfo");
     let body = client.get(&url).send().await.unwrap().text().await.unwrap();
+    // Close the keep-alive connection first, so the graceful stop does not wait for it.
+    drop(client);
     // SIGTERM: a graceful stop flushes the log.
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
+    // Poll without blocking the runtime, which still has to close the client's connection.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "regioninfo did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(status.success(), "{status}");
     assert_eq!(
         body,
