@@ -544,3 +544,26 @@ async fn check_command_probes_the_region_service() {
     let wrong = run("mars");
     assert!(!wrong.status.success());
 }
+
+/// The `[region]` block of `portico.example.toml` and of `deploy/region/portico.toml` is
+/// valid and states the defaults.
+#[test]
+fn example_configs_region_sections_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for file in ["portico.example.toml", "deploy/region/portico.toml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let section = table["region"].clone();
+        let config: region::Config = section.try_into().unwrap();
+        assert!(config.validate().is_empty(), "{file}");
+        assert!(
+            config.log_requests && !config.ipv6_only_server_ip_none,
+            "{file}"
+        );
+        assert_eq!(
+            config.watch_interval_secs,
+            region::DEFAULT_WATCH_INTERVAL_SECS,
+            "{file}"
+        );
+    }
+}
