@@ -302,8 +302,8 @@ async fn watcher_reloads_when_the_file_changes() {
     let path = dir.path().join("regionData.cfg");
     let new = "[eu]\nsmt-server-ip = 5.5.5.5\nsmt-server-name = n\nsmt-fingerprint = f\n";
     std::fs::write(&path, new).unwrap();
-    // The reload runs on the blocking pool (real time): give it bounded chances.
-    for _ in 0..100 {
+    // The reload runs on the blocking pool (real time): give it bounded chances (~5 s).
+    for _ in 0..500 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if svc.data().by_name("eu").is_some() {
             break;
