@@ -216,18 +216,19 @@ fn answer(inner: &Inner, request: &Request) -> Response {
         None => (ip.and_then(|ip| data.by_ip(ip)), "ip"),
     };
     let client = ClientShown(ip);
+    let hint_shown = hint.as_deref().unwrap_or("-");
     match region {
         Some(region) => {
             metrics::counter!("portico_region_answers_total", "by" => by).increment(1);
             if inner.log_requests {
-                tracing::info!(%client, hint = ?hint, region = %region.name, by, "provided");
+                tracing::info!(%client, hint = hint_shown, region = %region.name, by, "provided");
             }
             xml_response(region.answer())
         }
         None => {
             metrics::counter!("portico_region_answers_total", "by" => "none").increment(1);
             if inner.log_requests {
-                tracing::info!(%client, hint = ?hint, "denied");
+                tracing::info!(%client, hint = hint_shown, "denied");
             }
             not_found()
         }
