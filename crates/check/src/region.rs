@@ -1,8 +1,143 @@
-//! The region probe of `portico check`.
+//! The region probe of `portico check`: `GET /regionInfo?regionHint=<hint>` must answer 200
+//! with a well-formed `<regionSMTdata>` holding at least one server, each with a server
+//! address, a name, a fingerprint and the asked region. Without `--region-hint` the probe
+//! only checks that the service answers as it should for an unknown client (a region or
+//! `404 Not found`).
 
-use crate::{CheckError, Target};
+use crate::{send, unexpected, url, CheckError, Target};
+
+const WHAT: &str = "region";
 
 /// Checks the region service end to end; pushes one line per step to `done`.
-pub async fn probe(_target: &Target, _done: &mut Vec<String>) -> Result<(), CheckError> {
-    Ok(())
+pub async fn probe(target: &Target, done: &mut Vec<String>) -> Result<(), CheckError> {
+    let path = match &target.region_hint {
+        Some(hint) => format!("/regionInfo?regionHint={}", encode(hint)),
+        None => "/regionInfo".to_string(),
+    };
+    let url = url(target, &path);
+    let response = send(WHAT, &url, target.client.get(&url)).await?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .map_err(|source| CheckError::Request {
+            what: WHAT.into(),
+            url: url.clone(),
+            source,
+        })?;
+    match (&target.region_hint, status.as_u16()) {
+        (None, 404) if body == "Not found" => {
+            done.push(format!(
+                "{url} answered 404 Not found (no --region-hint given)"
+            ));
+            Ok(())
+        }
+        (_, 200) => {
+            let servers = servers(&body, target.region_hint.as_deref())
+                .map_err(|problem| unexpected(WHAT, format!("{url}: {problem}")))?;
+            done.push(format!("{url} answered {servers} server(s)"));
+            Ok(())
+        }
+        _ => Err(unexpected(WHAT, format!("{url} answered {status}: {body}"))),
+    }
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Checks the answer's shape (what the real client's parser needs) and counts its servers.
+fn servers(body: &str, region: Option<&str>) -> Result<usize, String> {
+    let inner = body
+        .strip_prefix("<regionSMTdata>\n")
+        .and_then(|b| b.strip_suffix("</regionSMTdata>"))
+        .ok_or_else(|| format!("not a <regionSMTdata> document: {body:?}"))?;
+    let mut count = 0;
+    for line in inner.lines() {
+        let attributes = server_attributes(line)?;
+        let get = |name: &str| attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v);
+        if get("SMTserverIP").is_none() && get("SMTserverIPv6").is_none() {
+            return Err(format!("server without an address: {line:?}"));
+        }
+        for required in ["SMTserverName", "fingerprint", "region"] {
+            if get(required).is_none_or(|v| v.is_empty()) {
+                return Err(format!("server without {required}: {line:?}"));
+            }
+        }
+        if let (Some(wanted), Some(got)) = (region, get("region")) {
+            if !got.eq_ignore_ascii_case(wanted) {
+                return Err(format!("asked for region {wanted:?}, got {got:?}"));
+            }
+        }
+        count += 1;
+    }
+    if count == 0 {
+        return Err("200 without any server".into());
+    }
+    Ok(count)
+}
+
+/// `<smtInfo a="x" b="y"/>` -> `[(a, x), (b, y)]`.
+fn server_attributes(line: &str) -> Result<Vec<(String, String)>, String> {
+    let mut rest = line
+        .strip_prefix("<smtInfo")
+        .and_then(|l| l.strip_suffix("/>"))
+        .ok_or_else(|| format!("not an <smtInfo/> element: {line:?}"))?;
+    let mut attributes = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(' ');
+        if rest.is_empty() {
+            return Ok(attributes);
+        }
+        let (name, after) = rest
+            .split_once("=\"")
+            .ok_or_else(|| format!("bad attribute in {line:?}"))?;
+        let (value, after) = after
+            .split_once('"')
+            .ok_or_else(|| format!("unterminated attribute in {line:?}"))?;
+        if name.is_empty() || name.contains(|c: char| !c.is_ascii_alphanumeric()) {
+            return Err(format!("bad attribute name {name:?} in {line:?}"));
+        }
+        attributes.push((name.to_string(), value.to_string()));
+        rest = after;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ANSWER: &str = "<regionSMTdata>\n<smtInfo SMTserverIP=\"52.1.2.3\" \
+        SMTserverName=\"smt\" fingerprint=\"A1\" region=\"us-east-1\"/>\n\
+        <smtInfo SMTserverIPv6=\"2600::1\" SMTserverName=\"smt\" fingerprint=\"A1\" \
+        region=\"us-east-1\"/>\n</regionSMTdata>";
+
+    #[test]
+    fn well_formed_answer_counts_servers() {
+        assert_eq!(servers(ANSWER, Some("US-EAST-1")), Ok(2));
+        assert_eq!(servers(ANSWER, None), Ok(2));
+    }
+
+    #[test]
+    fn wrong_region_or_shape_is_refused() {
+        assert!(servers(ANSWER, Some("eu-west-1")).is_err());
+        assert!(servers("<regionSMTdata>\n</regionSMTdata>", None).is_err());
+        assert!(servers("<?xml version=\"1.0\"?><regionSMTdata/>", None).is_err());
+        let no_fp = "<regionSMTdata>\n<smtInfo SMTserverIP=\"1.1.1.1\" SMTserverName=\"s\" \
+                     region=\"r\"/>\n</regionSMTdata>";
+        assert!(servers(no_fp, None).unwrap_err().contains("fingerprint"));
+    }
+
+    #[test]
+    fn hint_is_encoded() {
+        assert_eq!(encode("us east/1"), "us%20east%2F1");
+    }
 }

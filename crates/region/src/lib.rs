@@ -1,43 +1,25 @@
-//! Region service: answers `GET /regionInfo` with the update servers of the client's region.
-//! See `shared/specs/region.md`.
+//! Region service: answers `GET /regionInfo` with the update servers of the client's region,
+//! a drop-in replacement for SUSE's cloud region server (see `shared/specs/region.md`).
+//!
+//! The way a request travels: [`client`] finds the hint and the client address, the current
+//! [`RegionData`] (swapped atomically on reload) picks the region by name or by the longest
+//! prefix in its [`prefix`] tables, and [`xml`] writes the answer from lines rendered at load.
+//! Loading goes [`ini`] (the Python `RawConfigParser` dialect) -> [`data`] (regions, pairing
+//! rules, every start-up error).
 
-use std::path::PathBuf;
+#![forbid(unsafe_code)]
 
-use serde::Deserialize;
+pub mod client;
+mod config;
+pub mod data;
+pub mod ini;
+pub mod legacy;
+pub mod net;
+pub mod prefix;
+mod service;
+pub mod watch;
+pub mod xml;
 
-/// The `[region]` section of the config file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Path of `regionData.cfg`. Without it the service holds no regions and answers 404.
-    pub data: Option<PathBuf>,
-}
-
-impl Config {
-    /// Every problem with this section, each naming its key (`region.data: ...`).
-    pub fn validate(&self) -> Vec<String> {
-        Vec::new()
-    }
-}
-
-/// Errors opening the service.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("region data: {0}")]
-    Data(String),
-}
-
-/// The running service: owns the current region data.
-pub struct RegionService {}
-
-impl RegionService {
-    /// Loads and validates the region data.
-    pub fn open(_config: &Config) -> Result<Self, Error> {
-        Ok(RegionService {})
-    }
-
-    /// The routes this service owns, with their full paths (`/regionInfo`).
-    pub fn router(&self) -> axum::Router {
-        axum::Router::new()
-    }
-}
+pub use config::{Config, DEFAULT_WATCH_INTERVAL_SECS};
+pub use data::{BuildOptions, DataError, DataProblem, Region, RegionData, Server};
+pub use service::{Error, RegionService, Summary, ALLOW, NOT_FOUND, PATH};
