@@ -56,19 +56,19 @@ pub fn client(cacert_pem: Option<&[u8]>, timeout: Duration) -> Result<reqwest::C
     })
 }
 
-/// Runs `/healthz` and then every mounted service's probe. Returns one line per thing checked.
-pub async fn run(target: &Target) -> Result<Vec<String>, CheckError> {
-    let mut done = Vec::new();
-    let services = healthz(target, &mut done).await?;
+/// Runs `/healthz` and then every mounted service's probe, pushing one line per thing
+/// checked to `done` (so what passed before a failure can be shown).
+pub async fn run(target: &Target, done: &mut Vec<String>) -> Result<(), CheckError> {
+    let services = healthz(target, done).await?;
     for service in &services {
         match service.as_str() {
-            "messages" => messages::probe(target, &mut done).await?,
-            "region" => region::probe(target, &mut done).await?,
-            "fib" => fib::probe(target, &mut done).await?,
+            "messages" => messages::probe(target, done).await?,
+            "region" => region::probe(target, done).await?,
+            "fib" => fib::probe(target, done).await?,
             _ => {}
         }
     }
-    Ok(done)
+    Ok(())
 }
 
 /// `GET /healthz`: expects 200 and a JSON body `{"status":"ok","services":[...]}`; returns the
@@ -78,11 +78,14 @@ async fn healthz(target: &Target, done: &mut Vec<String>) -> Result<Vec<String>,
     let url = url(target, "/healthz");
     let response = send(what, &url, target.client.get(&url)).await?;
     let status = response.status();
-    let body = response.text().await.map_err(|source| CheckError::Request {
-        what: what.into(),
-        url: url.clone(),
-        source,
-    })?;
+    let body = response
+        .text()
+        .await
+        .map_err(|source| CheckError::Request {
+            what: what.into(),
+            url: url.clone(),
+            source,
+        })?;
     if status != reqwest::StatusCode::OK {
         return Err(unexpected(what, format!("{url} answered {status}: {body}")));
     }
@@ -90,7 +93,11 @@ async fn healthz(target: &Target, done: &mut Vec<String>) -> Result<Vec<String>,
         .map_err(|e| unexpected(what, format!("{url} answered non-JSON ({e}): {body}")))?;
     let services: Vec<String> = json["services"]
         .as_array()
-        .map(|list| list.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|list| {
+            list.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     done.push(format!("{url} healthy, services: {}", join(&services)));
     Ok(services)

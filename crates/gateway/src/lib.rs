@@ -1,1 +1,48 @@
-//! Gateway core: listeners, TLS, middleware, router, admin service, logs.
+//! Gateway core: listeners (TCP, TLS with HTTP/1.1 and HTTP/2), the middleware every request
+//! passes (request id, limits, access log, metrics), the router that mounts built-in services
+//! by name, the admin service, logs with size rotation, graceful shutdown and privilege drop.
+//!
+//! The gateway knows no service: the binary hands it `Services`, a map from name to
+//! `axum::Router` whose routes carry their full paths.
+
+pub mod app;
+pub mod certs;
+pub mod config;
+pub mod logging;
+mod middleware;
+pub mod privilege;
+pub mod server;
+pub mod tls;
+
+use std::path::PathBuf;
+
+pub use app::Services;
+pub use config::{GatewayConfig, LimitsConfig, ListenerConfig, LogConfig, TlsConfig};
+pub use middleware::RequestId;
+pub use server::{Gateway, ListenerInfo};
+
+/// Name of the admin service (`/readyz`, `/metrics`); `/healthz` is on every listener.
+pub const ADMIN: &str = "admin";
+
+/// Errors of the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS {path}: {problem}")]
+    Tls { path: PathBuf, problem: String },
+    #[error("privileges: {0}")]
+    Privilege(String),
+    #[error("logging: {0}")]
+    Logging(String),
+}

@@ -1,11 +1,16 @@
-//! Command-line flags (see `shared/specs/config.md`). Unknown options exit with status 2.
+//! Command-line flags (see `shared/specs/config.md`). Unknown options and bad values exit
+//! with status 2 and a message naming the option (clap's behaviour).
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "portico", version, about = "Fronts, runs and scales small REST services")]
+#[command(
+    name = "portico",
+    version,
+    about = "Fronts, runs and scales small REST services"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -13,13 +18,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway with its services.
+    /// Run the gateway with its services (embedded defaults without --config).
     Serve {
-        /// Config file (TOML). Without it: embedded defaults.
+        /// Config file (TOML); see portico.example.toml.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// The region server's legacy entry point (`regionInfo -f -l -r`).
+    /// Write a self-signed certificate for pinned clients: HOST.crt, HOST.key, HOST.pem.
+    Cert(crate::cert::CertArgs),
+    /// Probe a running Portico end to end (exit 0 healthy, 1 otherwise).
+    Check(crate::check_cmd::CheckArgs),
+    /// The region server's legacy entry point (regionInfo -f -l -r).
     Regioninfo(crate::wire::region::LegacyArgs),
     /// Serve the fib back-end wire protocol on TCP.
     FibBackend(crate::wire::fib::BackendArgs),

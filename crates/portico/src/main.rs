@@ -1,16 +1,40 @@
-//! `portico`: the command line. Parses flags and hands each subcommand to its module; the
-//! wiring of services lives in `wire/`, the work in the library crates.
+//! `portico`: one program that fronts, runs and scales small REST services. This file only
+//! parses the command line and hands each subcommand to its module; the work is in the
+//! library crates, the wiring of services in `wire/`.
 
+mod cert;
+mod check_cmd;
 mod cli;
+mod config;
+mod serve;
 mod wire;
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
+        cli::Command::Serve { config } => report(serve::run(config.as_deref())),
+        cli::Command::Cert(args) => report(cert::run(args)),
+        cli::Command::Check(args) => match check_cmd::run(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(error) => report(Err(error)),
+        },
         cli::Command::Regioninfo(args) => wire::region::legacy_main(args),
         cli::Command::FibBackend(args) => wire::fib::backend_main(args),
-        _ => std::process::ExitCode::SUCCESS,
+    }
+}
+
+/// Exit 0 on success; on failure print the error with its causes and exit 1.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("portico: error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }

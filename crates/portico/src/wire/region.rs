@@ -6,7 +6,11 @@ use std::process::ExitCode;
 #[derive(Debug, clap::Args)]
 pub struct LegacyArgs {
     /// Service config file (regionInfo.cfg).
-    #[arg(short = 'f', long = "file", default_value = "/etc/regionService/regionInfo.cfg")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "/etc/regionService/regionInfo.cfg"
+    )]
     pub file: std::path::PathBuf,
 }
 

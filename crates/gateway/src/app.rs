@@ -1,0 +1,225 @@
+//! The router of one listener: the services it mounts, `/healthz`, the admin service and the
+//! layers every request passes, listed outermost first in `listener_router`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower::util::MapResponseLayer;
+
+use crate::config::{LimitsConfig, ListenerConfig};
+use crate::middleware::{self, ServiceTag};
+use crate::ADMIN;
+
+/// Built-in services by name; each router carries its routes' full paths.
+#[derive(Clone, Default)]
+pub struct Services {
+    routers: BTreeMap<String, Router>,
+}
+
+impl Services {
+    pub fn new() -> Self {
+        Services::default()
+    }
+
+    /// Adds a service. `admin` is the gateway's own and needs no router.
+    pub fn insert(&mut self, name: &str, router: Router) {
+        self.routers.insert(name.to_string(), router);
+    }
+
+    /// Names a listener may mount: every inserted service and `admin`.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.routers.keys().cloned().collect();
+        names.push(ADMIN.to_string());
+        names.sort();
+        names
+    }
+
+    /// The names a listener mounts, `*` expanded.
+    pub fn expand(&self, wanted: &[String]) -> Vec<String> {
+        if wanted.iter().any(|name| name == "*") {
+            return self.names();
+        }
+        let mut names: Vec<String> = wanted
+            .iter()
+            .filter(|name| name.as_str() == ADMIN || self.routers.contains_key(*name))
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// The full router of a listener, with its layers (outermost first): access log, metrics and
+/// request id; request timeout; body limit; then the routes.
+pub(crate) fn listener_router(
+    listener: &ListenerConfig,
+    services: &Services,
+    limits: &LimitsConfig,
+    ready: &Arc<AtomicBool>,
+) -> Router {
+    let mounted = services.expand(&listener.services);
+    let healthz = Router::new().route("/healthz", get(healthz_handler(&mounted)));
+    let mut router = tag(healthz, "gateway");
+    for name in &mounted {
+        router = router.merge(mount(name, services, ready));
+    }
+    router
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.max_body_bytes,
+            middleware::body_limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            middleware::timeout,
+        ))
+        .layer(axum::middleware::from_fn(middleware::observe))
+}
+
+fn mount(name: &str, services: &Services, ready: &Arc<AtomicBool>) -> Router {
+    let router = match services.routers.get(name) {
+        Some(router) => router.clone(),
+        None => admin_router(ready.clone()),
+    };
+    tag(router, name)
+}
+
+/// Marks the responses of `router` as `name`'s, for the access log and metrics.
+fn tag(router: Router, name: &str) -> Router {
+    let tag = ServiceTag(Arc::from(name));
+    router.layer(MapResponseLayer::new(move |mut response: Response| {
+        response.extensions_mut().insert(tag.clone());
+        response
+    }))
+}
+
+/// `/healthz` answers liveness and which services this listener mounts (used by
+/// `portico check`).
+fn healthz_handler(mounted: &[String]) -> impl Fn() -> std::future::Ready<Response> + Clone {
+    let body = serde_json_like(mounted);
+    move || std::future::ready(json_response(StatusCode::OK, body.clone()))
+}
+
+fn serde_json_like(mounted: &[String]) -> Bytes {
+    let names: Vec<String> = mounted.iter().map(|n| format!("\"{n}\"")).collect();
+    Bytes::from(format!(
+        "{{\"status\":\"ok\",\"services\":[{}]}}\n",
+        names.join(",")
+    ))
+}
+
+fn admin_router(ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/readyz", get(move || readyz(ready.clone())))
+        .route("/metrics", get(metrics_text))
+}
+
+async fn readyz(ready: Arc<AtomicBool>) -> Response {
+    if ready.load(Ordering::SeqCst) {
+        json_response(
+            StatusCode::OK,
+            Bytes::from_static(b"{\"status\":\"ready\"}\n"),
+        )
+    } else {
+        let body = Bytes::from_static(b"{\"status\":\"draining\"}\n");
+        json_response(StatusCode::SERVICE_UNAVAILABLE, body)
+    }
+}
+
+async fn metrics_text() -> Response {
+    let text = metrics_handle().render();
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4");
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
+/// The Prometheus recorder, installed once per process.
+pub fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+        }
+        handle
+    })
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "no service at this path")
+}
+
+/// What a connection over `max_connections` gets: 503 and `Connection: close`.
+pub(crate) fn overloaded_router() -> Router {
+    Router::new().fallback(|| async {
+        let mut response = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections: try again later",
+        );
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    })
+}
+
+/// The gateway's own error answers: JSON `{"error": "..."}`.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    let body = format!("{{\"error\":{}}}\n", json_string(message));
+    json_response(status, Bytes::from(body))
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A JSON string literal for `text` (quotes, backslashes and control characters escaped).
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn star_mounts_every_service_and_admin() {
+        let mut services = Services::new();
+        services.insert("messages", Router::new());
+        assert_eq!(services.expand(&["*".into()]), vec!["admin", "messages"]);
+        assert_eq!(services.expand(&["messages".into()]), vec!["messages"]);
+    }
+
+    #[test]
+    fn error_messages_are_escaped_json() {
+        assert_eq!(json_string("a \"b\"\n"), "\"a \\\"b\\\"\\u000a\"");
+    }
+}
