@@ -140,10 +140,22 @@ fn messages_toml(store: &str, prefix: &str) -> String {
     )
 }
 
-async fn start_embedded() -> Portico {
-    Portico::start(BIN, &messages_toml("embedded", ""))
+/// One HTTPS listener mounting only `messages` (other services' configs play no part).
+const LISTENER: &str =
+    "[[listener]]\naddr = \"127.0.0.1:0\"\ntls = { self_signed = true }\nservices = [\"messages\"]\n";
+
+/// Starts Portico serving only messages, with `toml` sections.
+async fn start_messages(toml: &str) -> Portico {
+    Portico::builder(BIN)
+        .listeners_toml(LISTENER)
+        .toml(toml)
+        .start()
         .await
         .expect("start portico")
+}
+
+async fn start_embedded() -> Portico {
+    start_messages(&messages_toml("embedded", "")).await
 }
 
 /// `portico check https://127.0.0.1:PORT --cacert CERT`; (success, stdout + stderr).
@@ -325,9 +337,7 @@ async fn redis_store_serves_every_spec_row() {
         return;
     }
     let prefix = unique_prefix("rows");
-    let server = Portico::start(BIN, &messages_toml(&redis_url(), &prefix))
-        .await
-        .expect("start");
+    let server = start_messages(&messages_toml(&redis_url(), &prefix)).await;
     serves_every_spec_row(&server).await;
     delete_prefix(&redis_url(), &prefix);
 }
@@ -357,9 +367,7 @@ async fn check_passes_on_fresh_and_populated_redis_server() {
         return;
     }
     let prefix = unique_prefix("check");
-    let server = Portico::start(BIN, &messages_toml(&redis_url(), &prefix))
-        .await
-        .expect("start");
+    let server = start_messages(&messages_toml(&redis_url(), &prefix)).await;
     for run in ["fresh", "populated"] {
         let (ok, output) = run_check(&server);
         assert!(ok, "{run}: {output}");
@@ -379,6 +387,7 @@ async fn redis_host_variable_selects_redis_on_port_6379_db_0() {
     let prefix = unique_prefix("env");
     let toml = format!("[messages]\nkey_prefix = {prefix:?}\n");
     let server = Portico::builder(BIN)
+        .listeners_toml(LISTENER)
         .toml(&toml)
         .env("MESSAGES_REDIS_HOST", "127.0.0.1")
         .start()
@@ -505,9 +514,7 @@ async fn redis_down_answers_503_quickly_and_recovers_without_restart() {
         return;
     };
     let url = format!("redis://127.0.0.1:{port}/0");
-    let server = Portico::start(BIN, &messages_toml(&url, ""))
-        .await
-        .expect("start");
+    let server = start_messages(&messages_toml(&url, "")).await;
     assert_eq!(post(&server, "foo").await.status, StatusCode::CREATED);
     assert_eq!(get(&server, FOO).await.status, StatusCode::OK);
 
@@ -549,9 +556,7 @@ async fn portico_starts_while_redis_is_down_and_serves_once_it_is_up() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}/0");
-    let server = Portico::start(BIN, &messages_toml(&url, ""))
-        .await
-        .expect("start");
+    let server = start_messages(&messages_toml(&url, "")).await;
     let client = server.client();
     assert_quick_503(client.get(server.url(&format!("/messages/{FOO}"))), "GET").await;
     let Some(_redis) = PrivateRedis::start(port, dir.path()) else {

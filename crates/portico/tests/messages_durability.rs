@@ -42,7 +42,13 @@ async fn writer(client: reqwest::Client, url: String, id: usize, acked: Acked) {
 }
 
 async fn acknowledged_writes_survive_sigkill(toml: &str) {
-    let mut server = Portico::start(BIN, toml).await.expect("start portico");
+    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\ntls = { self_signed = true }\nservices = [\"messages\"]\n";
+    let mut server = Portico::builder(BIN)
+        .listeners_toml(listener)
+        .toml(toml)
+        .start()
+        .await
+        .expect("start portico");
     let acked: Acked = Arc::default();
     let url = server.url("/messages");
     let writers: Vec<_> = (0..WRITERS)
