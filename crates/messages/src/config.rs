@@ -16,6 +16,8 @@ pub const REDIS_HOST_ENV: &str = "MESSAGES_REDIS_HOST";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 512 * 1024;
 /// Largest body limit accepted.
 pub const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Default bound of the embedded store's cache of read messages.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Default number of multiplexed Redis connections.
 pub const DEFAULT_REDIS_CONNECTIONS: usize = 4;
 /// Default bound on one Redis operation, reconnecting included: a Redis that is down
@@ -32,6 +34,8 @@ pub struct Config {
     pub key_prefix: String,
     /// Largest accepted request body; bigger bodies get 413.
     pub max_body_bytes: usize,
+    /// Embedded store: bytes of read messages kept in memory (0: none).
+    pub cache_bytes: usize,
     /// Multiplexed Redis connections used round-robin.
     pub redis_connections: usize,
     /// Bound on one Redis operation, e.g. `"1s"` or `"500ms"`.
@@ -45,6 +49,7 @@ impl Default for Config {
             store: None,
             key_prefix: String::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            cache_bytes: DEFAULT_CACHE_BYTES,
             redis_connections: DEFAULT_REDIS_CONNECTIONS,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
         }

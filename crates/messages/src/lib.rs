@@ -49,7 +49,9 @@ impl MessagesService {
     /// A Redis that is down at start is not fatal: requests answer 503 until it is up.
     pub async fn open(config: &Config, data_dir: &Path) -> Result<Self, Error> {
         let store = match config.store_choice().map_err(Error::Config)? {
-            StoreChoice::Embedded => AnyStore::Embedded(open_embedded(data_dir).await?),
+            StoreChoice::Embedded => {
+                AnyStore::Embedded(open_embedded(data_dir, config.cache_bytes).await?)
+            }
             StoreChoice::Redis { url, from_env } => {
                 AnyStore::Redis(open_redis(config, url, from_env).await?)
             }
@@ -77,13 +79,13 @@ impl MessagesService {
     }
 }
 
-async fn open_embedded(data_dir: &Path) -> Result<EmbeddedStore, Error> {
+async fn open_embedded(data_dir: &Path, cache_bytes: usize) -> Result<EmbeddedStore, Error> {
     std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
         path: data_dir.to_path_buf(),
         source,
     })?;
     let path = data_dir.join(EMBEDDED_FILE);
-    let store = EmbeddedStore::open(&path).await?;
+    let store = EmbeddedStore::open(&path, cache_bytes).await?;
     tracing::info!(path = %path.display(), "messages: embedded store");
     Ok(store)
 }

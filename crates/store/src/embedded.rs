@@ -6,7 +6,9 @@
 //! its way to disk the next batch queues up, so under load many requests share one fsync, and
 //! no request is acknowledged before its data is on disk.
 //!
-//! Reads use redb read transactions on tokio's blocking pool: a read that misses redb's page
+//! Reads first look in a byte-bounded in-memory cache of messages read before (see
+//! `cache.rs`: the store is content-addressed, so cached entries are never stale); misses use
+//! redb read transactions on tokio's blocking pool, because a read that misses redb's page
 //! cache does file I/O, which must not stall the async runtime.
 
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use std::thread::JoinHandle;
 use redb::{Database, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cache::MessageCache;
 use crate::{Digest, Store, StoreError};
 
 /// Digest bytes -> message text.
@@ -40,6 +43,7 @@ pub struct EmbeddedStore {
 #[derive(Debug)]
 struct Inner {
     db: Arc<Database>,
+    cache: MessageCache,
     path: PathBuf,
     writes: mpsc::Sender<PendingPut>,
     writer: JoinHandle<()>,
@@ -55,8 +59,9 @@ struct PendingPut {
 
 impl EmbeddedStore {
     /// Opens (creating if missing) the redb file at `path` and starts its writer thread.
-    /// Fails if another process has the file open.
-    pub async fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+    /// `cache_bytes` bounds the in-memory cache of read messages (0: no cache). Fails if
+    /// another process has the file open.
+    pub async fn open(path: &Path, cache_bytes: usize) -> Result<EmbeddedStore, StoreError> {
         let owned = path.to_path_buf();
         let db = tokio::task::spawn_blocking(move || open_database(&owned))
             .await
@@ -70,6 +75,7 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::failed(BACKEND, format!("starting writer thread: {e}")))?;
         let inner = Inner {
             db,
+            cache: MessageCache::new(cache_bytes),
             path: path.to_path_buf(),
             writes,
             writer,
@@ -104,11 +110,18 @@ impl EmbeddedStore {
 
 impl Store for EmbeddedStore {
     async fn get(&self, digest: &Digest) -> Result<Option<String>, StoreError> {
+        if let Some(message) = self.inner.cache.get(digest) {
+            return Ok(Some(message.to_string()));
+        }
         let db = Arc::clone(&self.inner.db);
         let key = *digest;
-        tokio::task::spawn_blocking(move || read(&db, &key))
+        let found = tokio::task::spawn_blocking(move || read(&db, &key))
             .await
-            .map_err(|e| StoreError::failed(BACKEND, format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::failed(BACKEND, format!("read task failed: {e}")))??;
+        if let Some(message) = &found {
+            self.inner.cache.insert(digest, Arc::from(message.as_str()));
+        }
+        Ok(found)
     }
 
     async fn put(&self, digest: &Digest, message: &str) -> Result<(), StoreError> {

@@ -78,10 +78,24 @@ async fn concurrent_puts_are_all_found(store: &AnyStore) {
     }
 }
 
+/// Read cache of the embedded store in these tests.
+const CACHE: usize = 1 << 20;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_conforms() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(&dir.path().join("messages.redb"))
+    let store = EmbeddedStore::open(&dir.path().join("messages.redb"), CACHE)
+        .await
+        .expect("open");
+    conformance(&AnyStore::Embedded(store.clone())).await;
+    // Again, now that reads are cached.
+    conformance(&AnyStore::Embedded(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_without_cache_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(&dir.path().join("messages.redb"), 0)
         .await
         .expect("open");
     conformance(&AnyStore::Embedded(store)).await;
@@ -91,10 +105,10 @@ async fn embedded_store_conforms() {
 async fn embedded_store_keeps_messages_across_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("messages.redb");
-    let store = EmbeddedStore::open(&path).await.expect("open");
+    let store = EmbeddedStore::open(&path, CACHE).await.expect("open");
     store.put(&digest_of(7), "kept").await.expect("put");
     store.close().await.expect("close");
-    let reopened = EmbeddedStore::open(&path).await.expect("reopen");
+    let reopened = EmbeddedStore::open(&path, CACHE).await.expect("reopen");
     let found = reopened.get(&digest_of(7)).await.expect("get");
     assert_eq!(found.as_deref(), Some("kept"));
 }
@@ -103,8 +117,8 @@ async fn embedded_store_keeps_messages_across_reopen() {
 async fn embedded_store_refuses_a_file_open_elsewhere() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("messages.redb");
-    let _first = EmbeddedStore::open(&path).await.expect("open");
-    let second = EmbeddedStore::open(&path).await;
+    let _first = EmbeddedStore::open(&path, CACHE).await.expect("open");
+    let second = EmbeddedStore::open(&path, CACHE).await;
     let error = second.expect_err("second open of the same file");
     assert!(!error.is_retryable());
     assert!(error.to_string().contains("messages.redb"), "{error}");
