@@ -87,16 +87,18 @@ TOML
   "$portico" serve --config "$dir/portico.toml" >"$dir/stdout" 2>"$dir/stderr" &
   portico_pid=$!
   pids+=("$portico_pid")
-  for _ in $(seq 300); do grep -q "portico: ready" "$dir/stdout" && break; sleep 0.05; done
+  for _ in $(seq 300); do grep -qs "portico: ready" "$dir/stdout" && break; sleep 0.05; done
   grep -q "portico: ready" "$dir/stdout" || { cat "$dir/stdout" "$dir/stderr" >&2; exit 1; }
   cert=$(sed -n 's/^portico: clients should trust //p' "$dir/stdout")
 }
 
-# run_wrk LABEL WORKLOAD SCRIPT
+# run_wrk LABEL WORKLOAD SCRIPT [PATH]: SCRIPT "-" means plain GET of PATH.
 run_wrk() {
-  local label=$1 workload=$2 script=$3 out="$work/wrk-$1-$2.txt"
+  local label=$1 workload=$2 script=$3 path=${4:-} out="$work/wrk-$1-${3%.lua}.txt"
+  local args=()
+  [ "$script" != "-" ] && args=(-s "$here/$script")
   (cd "$work" && wrk -t"$threads" -c"$connections" -d"$duration" --latency \
-    -s "$here/$script" "https://127.0.0.1:$port") >"$out"
+    "${args[@]}" "https://127.0.0.1:$port$path") >"$out"
   local rps p50 p99 errors
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
   p50=$(awk '$1 == "50%" {print $2}' "$out")
@@ -119,6 +121,8 @@ bench_store() {
   probe=$(curl -s --cacert "$cert" "https://localhost:$port/messages/$(sed -n 2p "$DIGESTS" | tr -d ' ",')" \
     --resolve "localhost:$port:127.0.0.1")
   echo "$label: preloaded, probe answer: $(echo "$probe" | tr -d '\n ')"
+  # The same listener's trivial /healthz: what TLS + the gateway cost without the service.
+  [ "$label" = embedded ] && run_wrk "gateway" "GET /healthz (ceiling)" - /healthz
   run_wrk "$label" "POST" post.lua
   [ "$label" = embedded ] && echo "embedded group commit: $(batch_size)"
   run_wrk "$label" "GET" get.lua
