@@ -1,55 +1,50 @@
-//! Fib service: `GET /fib/<n>` answers the first N Fibonacci numbers, streamed.
-//! See `shared/specs/fib.md`.
+//! Fib service: `GET /fib/<n>` answers the first N Fibonacci numbers, exact, streamed. See
+//! `shared/specs/fib.md` and `docs/fib.md`.
+//!
+//! Code map, from the numbers up:
+//! - [`decimal`]: base-10^18 limb integers (addition, fast decimal formatting);
+//! - [`length`]: digit counts known up front, for exact lengths before streaming;
+//! - [`text`]: the text of a range of numbers as chunks, produced on a blocking thread;
+//! - [`cache`]: the shared, budgeted cache of the first K numbers' text, grown one at a time;
+//! - [`parse`]: strict parsing of N;
+//! - [`service`], [`body`], [`error`]: the REST face;
+//! - [`protocol`], [`server`]: the original back-end wire protocol and `fib-backend`;
+//! - [`client`], [`health`], [`reply_cache`]: the REST tier's pooled client of back ends.
+#![forbid(unsafe_code)]
 
-use serde::Deserialize;
+pub mod body;
+pub mod cache;
+pub mod client;
+mod config;
+pub mod decimal;
+pub mod error;
+pub mod health;
+pub mod length;
+pub mod metrics;
+pub mod parse;
+pub mod protocol;
+pub mod reply_cache;
+pub mod server;
+pub mod service;
+pub mod text;
 
-/// Largest N served by default.
-pub const DEFAULT_LIMIT: u64 = 100_000;
+pub use cache::FibCache;
+pub use config::{
+    Config, DEFAULT_BACKEND_TIMEOUT, DEFAULT_CACHE_BYTES, DEFAULT_CLIENT_CACHE_BYTES,
+    DEFAULT_LIMIT, DEFAULT_POOL_SIZE,
+};
+pub use server::{serve as serve_backend, ServerOptions};
+pub use service::FibService;
 
-/// The `[fib]` section of the config file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Largest N served.
-    pub limit: u64,
-    /// Remote back ends (`host:port`); empty computes in process.
-    pub backends: Vec<String>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            limit: DEFAULT_LIMIT,
-            backends: Vec::new(),
-        }
-    }
-}
-
-impl Config {
-    /// Every problem with this section, each naming its key (`fib.limit: ...`).
-    pub fn validate(&self) -> Vec<String> {
-        Vec::new()
-    }
-}
-
-/// Errors opening the service.
+/// Errors opening the service or the back-end server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("fib back end {0}")]
-    Backend(String),
-}
-
-/// The running service.
-pub struct FibService {}
-
-impl FibService {
-    /// Builds the service (cache, back-end client when back ends are configured).
-    pub fn open(_config: &Config) -> Result<Self, Error> {
-        Ok(FibService {})
-    }
-
-    /// The routes this service owns, with their full paths (`/fib/...`).
-    pub fn router(&self) -> axum::Router {
-        axum::Router::new()
-    }
+    #[error("invalid [fib] config: {0}")]
+    Config(String),
+    #[error("fib-backend cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -59,8 +59,8 @@ impl Services {
     }
 }
 
-/// The full router of a listener, with its layers (outermost first): access log, metrics and
-/// request id; request timeout; body limit; then the routes.
+/// The full router of a listener: the gateway layer (request id, body limit, timeout, metrics,
+/// access log; see `middleware`), the extractors' body limit, then the routes.
 pub(crate) fn listener_router(
     listener: &ListenerConfig,
     services: &Services,
@@ -77,14 +77,12 @@ pub(crate) fn listener_router(
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
-            limits.max_body_bytes,
-            middleware::body_limit,
+            middleware::Limits {
+                max_body_bytes: limits.max_body_bytes,
+                request_timeout: limits.request_timeout,
+            },
+            middleware::gateway_layer,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            limits.request_timeout,
-            middleware::timeout,
-        ))
-        .layer(axum::middleware::from_fn(middleware::observe))
 }
 
 fn mount(name: &str, services: &Services, ready: &Arc<AtomicBool>) -> Router {
@@ -149,11 +147,26 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
+        spawn_upkeep(handle.clone());
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
         }
         handle
     })
+}
+
+/// Histogram samples pile up until upkeep folds them: run it periodically even when nobody
+/// scrapes `/metrics`.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            handle.run_upkeep();
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "could not start the metrics upkeep thread");
+    }
 }
 
 async fn not_found() -> Response {

@@ -142,6 +142,8 @@ pub struct GatewayConfig {
     pub group: Option<String>,
     /// Serve as root when no `user` is set.
     pub allow_root: bool,
+    /// Event loops serving connections; 0: one per core.
+    pub workers: usize,
 }
 
 impl GatewayConfig {
@@ -236,13 +238,24 @@ impl LogConfig {
         if self.max_bytes == 0 {
             errors.push("log.max_bytes: must be more than 0".to_string());
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+        if !valid_level(&self.level) {
             errors.push(format!(
                 "log.level: {:?} is not a level (error, warn, info, debug, trace)",
                 self.level
             ));
         }
         errors
+    }
+}
+
+/// A plain level name, or a tracing directive list such as `info,gateway=debug`.
+fn valid_level(level: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_directive = level.contains('=') || level.contains(',');
+    if is_directive {
+        tracing_subscriber::EnvFilter::try_new(level).is_ok()
+    } else {
+        LEVELS.contains(&level.to_ascii_lowercase().as_str())
     }
 }
 
@@ -258,6 +271,7 @@ mod tests {
             user: None,
             group: None,
             allow_root: false,
+            workers: 0,
         }
     }
 
@@ -279,6 +293,13 @@ mod tests {
             ListenerConfig::new("0.0.0.0:80", None),
         ]);
         assert!(config.validate(&["admin"]).is_empty());
+    }
+
+    #[test]
+    fn log_levels_are_names_or_directives() {
+        assert!(valid_level("INFO"));
+        assert!(valid_level("info,gateway=debug"));
+        assert!(!valid_level("loud"));
     }
 
     #[test]

@@ -1,6 +1,10 @@
-//! Layers around every request: request id, access log line and metrics (`observe`), the
-//! request timeout and the body-size limit. Errors here are the gateway's own answers.
+//! The layer around every request, its steps in order: request id, body-size limit, request
+//! timeout, then metrics and the access-log line. One layer rather than four: each extra
+//! `from_fn` layer boxes a future and clones the inner service per request (bench/gateway).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,41 +14,65 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode, Version};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::app::error_response;
+use crate::logging;
 
-/// Which service answered; set on responses by the router, read by `observe`.
+/// Which service answered; set on responses by the router, read here.
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceTag(pub Arc<str>);
 
+/// The id of a request, as a request extension (services may log it).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
 const REQUEST_ID: &str = "x-request-id";
 
-/// Request id, access log and metrics.
-pub(crate) async fn observe(mut request: Request, next: Next) -> Response {
+/// What the layer enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// The gateway layer (see the module doc for its steps).
+pub(crate) async fn gateway_layer(
+    State(limits): State<Limits>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let id = request_id(&request);
     request.extensions_mut().insert(RequestId(id.clone()));
-    let record = AccessRecord::new(&request, &id, start);
-    let mut response = next.run(request).await;
+    let record = logging::access_log_enabled().then(|| AccessRecord::new(&request, &id, start));
+    let mut response = match over_body_limit(&request, limits.max_body_bytes) {
+        Some(refusal) => refusal,
+        None => with_timeout(limits.request_timeout, next.run(request)).await,
+    };
     response.headers_mut().insert(REQUEST_ID, id);
     let service = response
         .extensions()
         .get::<ServiceTag>()
-        .map(|tag| tag.0.clone())
-        .unwrap_or_else(|| Arc::from("none"));
-    record_metrics(&service, response.status(), start.elapsed());
+        .map(|tag| tag.0.clone());
+    record_metrics(service.as_ref(), response.status(), start.elapsed());
+    let Some(record) = record else {
+        return response;
+    };
     let record = record.finish(service, response.status());
-    response.map(|body| Body::new(LoggedBody::new(body, record)))
+    // A body of known size is logged now; a stream when it ends (or is cut off).
+    match response.body().size_hint().exact() {
+        Some(bytes) => {
+            record.write(bytes, true);
+            response
+        }
+        None => response.map(|body| Body::new(LoggedBody::new(body, record))),
+    }
 }
-
-/// The id of a request, as a request extension.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
 
 /// The client's `X-Request-Id` when it is sane, else a new one.
 fn request_id(request: &Request) -> HeaderValue {
@@ -66,37 +94,37 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::try_from(format!("{prefix:08x}-{n}")).expect("hex and digits are valid")
 }
 
-fn record_metrics(service: &Arc<str>, status: StatusCode, elapsed: Duration) {
-    let service = service.to_string();
-    metrics::counter!(
-        "portico_http_requests_total",
-        "service" => service.clone(),
-        "status" => status.as_str().to_owned()
-    )
-    .increment(1);
-    metrics::histogram!("portico_http_request_duration_seconds", "service" => service)
-        .record(elapsed.as_secs_f64());
+/// 413 for a declared `Content-Length` over the limit; chunked bodies are cut by the
+/// `DefaultBodyLimit` that extractors obey.
+fn over_body_limit(request: &Request, limit: usize) -> Option<Response> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok())?;
+    (declared > limit as u64).then(|| {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body of {declared} bytes is over the limit of {limit} bytes"),
+        )
+    })
 }
 
-/// Answers 504 when the service does not produce a response head within `limit`.
-pub(crate) async fn timeout(
-    State(limit): State<Duration>,
-    request: Request,
-    next: Next,
+/// 504 when the service does not produce a response head within `limit`.
+async fn with_timeout(
+    limit: Duration,
+    answer: impl std::future::Future<Output = Response>,
 ) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+    match tokio::time::timeout(limit, answer).await {
         Ok(response) => response,
         Err(_) => error_response(
             StatusCode::GATEWAY_TIMEOUT,
-            &format!(
-                "the service did not answer within {}",
-                humantime_like(limit)
-            ),
+            &format!("the service did not answer within {}", duration_text(limit)),
         ),
     }
 }
 
-fn humantime_like(duration: Duration) -> String {
+fn duration_text(duration: Duration) -> String {
     if duration.subsec_millis() == 0 {
         format!("{}s", duration.as_secs())
     } else {
@@ -104,96 +132,137 @@ fn humantime_like(duration: Duration) -> String {
     }
 }
 
-/// Answers 413 for a declared `Content-Length` over `limit`; chunked bodies are cut by the
-/// `DefaultBodyLimit` that extractors obey.
-pub(crate) async fn body_limit(
-    State(limit): State<usize>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit as u64 => error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("request body of {length} bytes is over the limit of {limit} bytes"),
-        ),
-        _ => next.run(request).await,
-    }
+type MetricKey = (usize, u16);
+
+thread_local! {
+    /// Handles by (service tag address, status): building a labelled key per request was a
+    /// visible cost. Tags live as long as the router, so their addresses are stable.
+    static COUNTERS: RefCell<HashMap<MetricKey, metrics::Counter>> = RefCell::new(HashMap::new());
+    static DURATIONS: RefCell<HashMap<usize, metrics::Histogram>> = RefCell::new(HashMap::new());
+}
+
+fn record_metrics(service: Option<&Arc<str>>, status: StatusCode, elapsed: Duration) {
+    let name: &str = service.map(|s| &**s).unwrap_or("none");
+    let address = service
+        .map(|s| Arc::as_ptr(s) as *const u8 as usize)
+        .unwrap_or(0);
+    COUNTERS.with_borrow_mut(|counters| {
+        counters
+            .entry((address, status.as_u16()))
+            .or_insert_with(|| {
+                metrics::counter!(
+                    "portico_http_requests_total",
+                    "service" => name.to_owned(),
+                    "status" => status.as_str().to_owned()
+                )
+            })
+            .increment(1)
+    });
+    DURATIONS.with_borrow_mut(|durations| {
+        durations
+            .entry(address)
+            .or_insert_with(|| {
+                metrics::histogram!("portico_http_request_duration_seconds", "service" => name.to_owned())
+            })
+            .record(elapsed.as_secs_f64())
+    });
 }
 
 /// One access-log line, written when the response body ends (or the client goes away).
 struct AccessRecord {
-    client: String,
-    method: String,
+    client: Option<SocketAddr>,
+    method: axum::http::Method,
     target: String,
-    version: &'static str,
+    version: Version,
     id: HeaderValue,
     start: Instant,
-    service: Arc<str>,
+    service: Option<Arc<str>>,
     status: u16,
 }
 
 impl AccessRecord {
     fn new(request: &Request, id: &HeaderValue, start: Instant) -> Self {
-        let client = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.to_string())
-            .unwrap_or_else(|| "-".into());
         AccessRecord {
-            client,
-            method: request.method().to_string(),
+            client: request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0),
+            method: request.method().clone(),
             target: request
                 .uri()
                 .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            version: version_name(request.version()),
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_owned(),
+            version: request.version(),
             id: id.clone(),
             start,
-            service: Arc::from(""),
+            service: None,
             status: 0,
         }
     }
 
-    fn finish(mut self, service: Arc<str>, status: StatusCode) -> Self {
+    fn finish(mut self, service: Option<Arc<str>>, status: StatusCode) -> Self {
         self.service = service;
         self.status = status.as_u16();
         self
     }
 
+    /// `TIME CLIENT "METHOD TARGET VERSION" STATUS BYTES DURATION service=NAME id=ID`
     fn write(&self, bytes: u64, complete: bool) {
-        let elapsed = self.start.elapsed();
-        tracing::info!(
-            target: "access",
-            "{} \"{} {} {}\" {} {}{} {:.3}ms service={} id={}",
-            self.client,
+        let mut line = String::with_capacity(160);
+        write_timestamp(&mut line);
+        match self.client {
+            Some(client) => {
+                let _ = write!(line, " {client}");
+            }
+            None => line.push_str(" -"),
+        }
+        let micros = self.start.elapsed().as_micros();
+        let _ = writeln!(
+            line,
+            " \"{} {} {:?}\" {} {}{} {}.{:03}ms service={} id={}",
             self.method,
             self.target,
             self.version,
             self.status,
             bytes,
             if complete { "" } else { " (aborted)" },
-            elapsed.as_secs_f64() * 1000.0,
-            self.service,
+            micros / 1000,
+            micros % 1000,
+            self.service.as_deref().unwrap_or("none"),
             self.id.to_str().unwrap_or("-"),
         );
+        logging::access_line(line.as_bytes());
     }
 }
 
-fn version_name(version: axum::http::Version) -> &'static str {
-    match version {
-        axum::http::Version::HTTP_09 => "HTTP/0.9",
-        axum::http::Version::HTTP_10 => "HTTP/1.0",
-        axum::http::Version::HTTP_11 => "HTTP/1.1",
-        axum::http::Version::HTTP_2 => "HTTP/2.0",
-        axum::http::Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/?",
-    }
+thread_local! {
+    /// The formatted date and time of the current second, reused by every line in it.
+    static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T06:20:01.123Z`.
+fn write_timestamp(line: &mut String) {
+    let now = time::OffsetDateTime::now_utc();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != now.unix_timestamp() {
+            *second = now.unix_timestamp();
+            text.clear();
+            let _ = write!(
+                text,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                now.year(),
+                u8::from(now.month()),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second()
+            );
+        }
+        line.push_str(text);
+    });
+    let _ = write!(line, ".{:03}Z", now.millisecond());
 }
 
 /// A response body that counts what it sends and writes the access-log line when it ends.

@@ -26,6 +26,9 @@ pub struct Config {
     /// Serve as root when no `user` is set.
     #[serde(default)]
     pub allow_root: bool,
+    /// Event loops serving connections (threads); 0: one per core.
+    #[serde(default)]
+    pub workers: usize,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -126,6 +129,7 @@ impl Config {
             user: self.user.clone(),
             group: self.group.clone(),
             allow_root: self.allow_root,
+            workers: self.workers,
         }
     }
 }

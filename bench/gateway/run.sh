@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Portico's /healthz against nginx `return 200`, same machine, same run, same worker count (2),
+# same certificate (ECDSA P-256 from `portico cert`), HTTP and HTTPS keep-alive, wrk with one
+# thread and 64 connections. Two rounds: access logs to files on both, and access logs off on
+# both. Usage: bash bench/gateway/run.sh   (needs wrk and nginx: apt-get install wrk nginx-light)
+. "$(dirname "$0")/../lib.sh"
+
+build_release
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null; rm -rf "$WORK"' EXIT
+RESULTS=$WORK/results.txt
+"$PORTICO" cert --host localhost --key-type ecdsa --out "$WORK" >/dev/null
+
+start_nginx() { # access_log setting
+  local http=$1 https=$2 log=$3
+  cat >"$WORK/nginx.conf" <<CONF
+worker_processes 2;
+daemon on;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log $log;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$http;
+    listen 127.0.0.1:$https ssl;
+    ssl_certificate $WORK/localhost.crt;
+    ssl_certificate_key $WORK/localhost.key;
+    location = /healthz { default_type application/json; return 200 '{"status":"ok"}\n'; }
+  }
+}
+CONF
+  nginx -c "$WORK/nginx.conf" -p "$WORK"
+  wait_port "$http"; wait_port "$https"
+}
+
+start_portico() { # access_log true|false
+  local http=$1 https=$2 access=$3
+  cat >"$WORK/portico.toml" <<CONF
+data_dir = "$WORK/data"
+allow_root = true
+[log]
+dir = "$WORK/portico-logs"
+access_log = $access
+[[listener]]
+addr = "127.0.0.1:$http"
+services = ["admin"]
+[[listener]]
+addr = "127.0.0.1:$https"
+tls = { cert = "$WORK/localhost.crt", key = "$WORK/localhost.key" }
+services = ["admin"]
+CONF
+  TOKIO_WORKER_THREADS=2 "$PORTICO" serve --config "$WORK/portico.toml" >/dev/null &
+  PORTICO_PID=$!
+  wait_port "$http"; wait_port "$https"
+}
+
+round() { # name nginx_log portico_access
+  local name=$1
+  local nh nhs ph phs
+  nh=$(free_port); nhs=$(free_port); ph=$(free_port); phs=$(free_port)
+  start_nginx "$nh" "$nhs" "$2"
+  start_portico "$ph" "$phs" "$3"
+  for round in 1 2; do
+    wrk_run "nginx   http  $name (#$round)" "http://127.0.0.1:$nh/healthz"
+    wrk_run "portico http  $name (#$round)" "http://127.0.0.1:$ph/healthz"
+    wrk_run "nginx   https $name (#$round)" "https://127.0.0.1:$nhs/healthz"
+    wrk_run "portico https $name (#$round)" "https://127.0.0.1:$phs/healthz"
+  done
+  kill "$(cat "$WORK/nginx.pid")"; kill "$PORTICO_PID"; wait "$PORTICO_PID" || true
+  sleep 0.5
+}
+
+echo "load before: $(uptime)"
+echo "wrk -t${WRK_THREADS:-1} -c${WRK_CONNS:-64} -d${WRK_SECONDS:-10}s, nginx $(nginx -v 2>&1 | cut -d/ -f2), $(nproc) cores"
+round "logs-on " "$WORK/nginx-access.log" true
+round "logs-off" "off" false
+echo
+echo "ratios (portico / nginx, req/s):"
+awk '{key=$2" "$3; if ($1=="nginx") n[key]+=$5; else p[key]+=$5} END {for (k in n) printf "  %-16s %.2f\n", k, p[k]/n[k]}' "$RESULTS" | sort

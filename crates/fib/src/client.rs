@@ -1,0 +1,510 @@
+//! The REST tier's client of remote fib back ends: a pool of persistent connections per back
+//! end, a timeout on every call, retry on another back end (or a fresh connection when a pooled
+//! one turns out stale), health tracking that skips a failed back end and probes it again after
+//! a backoff, and a cache of successful replies only.
+//!
+//! Small replies (up to [`BUFFER_LIMIT`]) are read whole before answering, so any failure is
+//! retried and the client never sees it; larger replies are streamed through as they arrive, so
+//! only a failure before the first byte can be retried.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::timeout;
+
+use crate::health::Health;
+use crate::metrics;
+use crate::protocol::{self, Reply};
+use crate::reply_cache::ReplyCache;
+use crate::text::{Text, TextError};
+
+/// Replies up to this size are read whole (and so retried on any failure) and cached.
+pub const BUFFER_LIMIT: u64 = 1024 * 1024;
+
+/// Largest reply length believed (F(0..1,000,000) is ~105 GB).
+const MAX_REPLY: u64 = 1 << 40;
+
+/// Bytes read from a back end per streamed chunk.
+const STREAM_READ: usize = 256 * 1024;
+
+/// Why one attempt on one back end failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    Connect,
+    Io,
+    Timeout,
+    Protocol,
+}
+
+impl FailureKind {
+    fn label(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::Io => "io",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Protocol => "protocol",
+        }
+    }
+}
+
+/// A failed attempt, with where it happened.
+#[derive(Debug, Clone)]
+struct Attempt {
+    backend: String,
+    kind: FailureKind,
+    detail: String,
+    /// The attempt used a pooled connection, which may simply have gone stale.
+    reused: bool,
+}
+
+/// Why a call to the back ends failed. Every failure of a back end is retried elsewhere first;
+/// these are what remains.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no fib back end answered: {0}")]
+    Unavailable(String),
+    #[error("every fib back end timed out: {0}")]
+    TimedOut(String),
+    #[error("fib back end {backend} refused the request: {message}")]
+    Refused { backend: String, message: String },
+}
+
+/// One remote back end: its address, connections and health.
+struct Backend {
+    address: String,
+    /// One permit per connection allowed (`pool_size`): calls past it wait for a free one
+    /// instead of opening and closing connections at a rate the back end cannot accept.
+    slots: Arc<Semaphore>,
+    idle: Mutex<Vec<TcpStream>>,
+    health: Mutex<Health>,
+}
+
+impl Backend {
+    fn available(&self, now: Instant) -> bool {
+        lock(&self.health).available(now)
+    }
+
+    fn checkout(&self) -> Option<TcpStream> {
+        lock(&self.idle).pop()
+    }
+
+    fn checkin(&self, conn: TcpStream, pool_size: usize) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < pool_size {
+            idle.push(conn);
+        }
+    }
+
+    fn succeeded(&self) {
+        lock(&self.health).succeeded();
+        ::metrics::counter!(metrics::BACKEND_CALLS, "backend" => self.address.clone()).increment(1);
+    }
+
+    fn failed(&self, attempt: &Attempt) {
+        lock(&self.health).failed(Instant::now());
+        lock(&self.idle).clear(); // its other connections are likely broken too
+        ::metrics::counter!(
+            metrics::BACKEND_ERRORS,
+            "backend" => self.address.clone(),
+            "kind" => attempt.kind.label()
+        )
+        .increment(1);
+        tracing::warn!(backend = %self.address, kind = attempt.kind.label(), error = %attempt.detail, "fib back end failed; retrying elsewhere");
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each guarded value is consistent after every statement.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The pooled, retrying client.
+pub struct BackendClient {
+    backends: Vec<Arc<Backend>>,
+    next: AtomicUsize,
+    call_timeout: Duration,
+    pool_size: usize,
+    cache: ReplyCache,
+}
+
+impl BackendClient {
+    pub fn new(
+        addresses: &[String],
+        call_timeout: Duration,
+        pool_size: usize,
+        cache_bytes: u64,
+    ) -> Self {
+        let backends = addresses
+            .iter()
+            .map(|address| {
+                Arc::new(Backend {
+                    address: address.clone(),
+                    slots: Arc::new(Semaphore::new(pool_size)),
+                    idle: Mutex::new(Vec::new()),
+                    health: Mutex::new(Health::default()),
+                })
+            })
+            .collect();
+        BackendClient {
+            backends,
+            next: AtomicUsize::new(0),
+            call_timeout,
+            pool_size,
+            cache: ReplyCache::new(cache_bytes),
+        }
+    }
+
+    /// The text of the first `n` numbers from a back end.
+    pub async fn text(&self, n: u64) -> Result<Text, ClientError> {
+        if let Some(hit) = self.cache.get(n) {
+            ::metrics::counter!(metrics::CLIENT_CACHE_HITS).increment(1);
+            return Ok(Text::complete([hit]));
+        }
+        let mut failures: Vec<Attempt> = Vec::new();
+        for backend in self.order() {
+            let mut fresh_retry_left = true;
+            loop {
+                if !failures.is_empty() {
+                    ::metrics::counter!(metrics::BACKEND_RETRIES).increment(1);
+                }
+                match self.attempt(&backend, n).await {
+                    Ok(AttemptResult::Text(text)) => {
+                        backend.succeeded();
+                        return Ok(text);
+                    }
+                    Ok(AttemptResult::Refused(message)) => {
+                        backend.succeeded();
+                        return Err(ClientError::Refused {
+                            backend: backend.address.clone(),
+                            message,
+                        });
+                    }
+                    Err(attempt) => {
+                        // A pooled connection that fails at once may just have been closed
+                        // by the back end (restart, idle timeout): one fresh try there first.
+                        // A timeout is the back end's slowness, not staleness: move on.
+                        let stale = attempt.reused
+                            && attempt.kind != FailureKind::Timeout
+                            && fresh_retry_left;
+                        if stale {
+                            lock(&backend.idle).clear();
+                            fresh_retry_left = false;
+                        } else {
+                            backend.failed(&attempt);
+                        }
+                        failures.push(attempt);
+                        if !stale {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Err(summarise(&failures))
+    }
+
+    /// Back ends to try, in order: the available ones round-robin, then those in backoff (a
+    /// last resort rather than failing without trying).
+    fn order(&self) -> Vec<Arc<Backend>> {
+        let count = self.backends.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let rotated = (0..count).map(|i| Arc::clone(&self.backends[(start + i) % count]));
+        let (mut up, down): (Vec<_>, Vec<_>) = rotated.partition(|b| b.available(now));
+        up.extend(down);
+        up
+    }
+
+    async fn attempt(&self, backend: &Arc<Backend>, n: u64) -> Result<AttemptResult, Attempt> {
+        let slot = Arc::clone(&backend.slots).acquire_owned();
+        let Ok(Ok(slot)) = timeout(self.call_timeout, slot).await else {
+            return Err(Attempt {
+                backend: backend.address.clone(),
+                kind: FailureKind::Timeout,
+                detail: format!(
+                    "all {} connections stayed busy for {:?}",
+                    self.pool_size, self.call_timeout
+                ),
+                reused: false,
+            });
+        };
+        let (mut conn, reused) = match backend.checkout() {
+            Some(conn) => (conn, true),
+            None => (self.connect(backend).await?, false),
+        };
+        let fail = |kind, detail: String| Attempt {
+            backend: backend.address.clone(),
+            kind,
+            detail,
+            reused,
+        };
+        let started = timeout(self.call_timeout, request_start(&mut conn, n)).await;
+        let len = match started {
+            Err(_) => {
+                return Err(fail(
+                    FailureKind::Timeout,
+                    format!("no reply within {:?}", self.call_timeout),
+                ))
+            }
+            Ok(Err((kind, detail))) => return Err(fail(kind, detail)),
+            Ok(Ok(len)) => len,
+        };
+        if len <= BUFFER_LIMIT {
+            let read = timeout(self.call_timeout, read_whole(&mut conn, len, n)).await;
+            let result = match read {
+                Err(_) => Err(fail(
+                    FailureKind::Timeout,
+                    format!("reply not complete within {:?}", self.call_timeout),
+                )),
+                Ok(Err((kind, detail))) => Err(fail(kind, detail)),
+                Ok(Ok(result)) => Ok(result),
+            }?;
+            backend.checkin(conn, self.pool_size);
+            if let AttemptResult::Text(text) = &result {
+                if let Some(whole) = text.ready.front() {
+                    self.cache.insert(n, whole.clone());
+                }
+            }
+            return Ok(result);
+        }
+        let head = protocol::reply_head(n);
+        let mut got = vec![0u8; head.len()];
+        match timeout(self.call_timeout, conn.read_exact(&mut got)).await {
+            Err(_) => return Err(fail(FailureKind::Timeout, "reply head timed out".into())),
+            Ok(Err(e)) => return Err(fail(FailureKind::Io, e.to_string())),
+            Ok(Ok(_)) if got != head.as_bytes() => {
+                return Err(fail(
+                    FailureKind::Protocol,
+                    format!("reply starts {:?}", String::from_utf8_lossy(&got)),
+                ))
+            }
+            Ok(Ok(_)) => {}
+        }
+        let text_len = len - head.len() as u64 - protocol::REPLY_TAIL.len() as u64;
+        Ok(AttemptResult::Text(self.stream(
+            Arc::clone(backend),
+            conn,
+            slot,
+            text_len,
+        )))
+    }
+
+    async fn connect(&self, backend: &Backend) -> Result<TcpStream, Attempt> {
+        let fail = |kind, detail: String| Attempt {
+            backend: backend.address.clone(),
+            kind,
+            detail,
+            reused: false,
+        };
+        match timeout(self.call_timeout, TcpStream::connect(&backend.address)).await {
+            Err(_) => Err(fail(FailureKind::Timeout, "connect timed out".into())),
+            Ok(Err(e)) => Err(fail(FailureKind::Connect, e.to_string())),
+            Ok(Ok(conn)) => {
+                // Requests are tiny and answered at once: Nagle would only add delay.
+                let _ = conn.set_nodelay(true);
+                Ok(conn)
+            }
+        }
+    }
+
+    /// Streams `text_len` bytes of numbers then the reply's tail from `conn`, handing the
+    /// connection back to the pool once the reply is complete.
+    fn stream(
+        &self,
+        backend: Arc<Backend>,
+        conn: TcpStream,
+        slot: OwnedSemaphorePermit,
+        text_len: u64,
+    ) -> Text {
+        let (tx, rx) = mpsc::channel(4);
+        let call_timeout = self.call_timeout;
+        let pool_size = self.pool_size;
+        tokio::spawn(async move {
+            let address = backend.address.clone();
+            let relayed = relay(conn, text_len, call_timeout, &tx).await;
+            drop(slot);
+            match relayed {
+                Ok(Some(conn)) => backend.checkin(conn, pool_size),
+                Ok(None) => {} // the HTTP client went away; the half-read reply is dropped
+                Err(problem) => {
+                    ::metrics::counter!(metrics::BACKEND_ERRORS, "backend" => address.clone(), "kind" => "stream").increment(1);
+                    tracing::warn!(backend = %address, error = %problem, "fib back end reply broke off mid-stream");
+                    let _ = tx
+                        .send(Err(TextError::Backend {
+                            backend: address,
+                            problem,
+                        }))
+                        .await;
+                }
+            }
+        });
+        Text {
+            len: text_len,
+            ready: Default::default(),
+            rest: Some(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            }))),
+        }
+    }
+}
+
+enum AttemptResult {
+    Text(Text),
+    Refused(String),
+}
+
+/// Sends the request and reads the length prefix.
+async fn request_start(conn: &mut TcpStream, n: u64) -> Result<u64, (FailureKind, String)> {
+    let request = format!("{{\"N\": {n}}}");
+    conn.write_all(request.as_bytes())
+        .await
+        .map_err(|e| (FailureKind::Io, format!("sending request: {e}")))?;
+    let mut prefix = [0u8; protocol::PREFIX_LEN];
+    conn.read_exact(&mut prefix)
+        .await
+        .map_err(|e| (FailureKind::Io, format!("reading reply length: {e}")))?;
+    let len = i64::from_le_bytes(prefix);
+    match u64::try_from(len) {
+        Ok(len) if (2..=MAX_REPLY).contains(&len) => Ok(len),
+        _ => Err((
+            FailureKind::Protocol,
+            format!("implausible reply length {len}"),
+        )),
+    }
+}
+
+/// Reads and checks a whole small reply.
+async fn read_whole(
+    conn: &mut TcpStream,
+    len: u64,
+    n: u64,
+) -> Result<AttemptResult, (FailureKind, String)> {
+    let mut body = vec![0u8; len as usize];
+    conn.read_exact(&mut body)
+        .await
+        .map_err(|e| (FailureKind::Io, format!("reading reply: {e}")))?;
+    let body = Bytes::from(body);
+    if let Some(text) = numbers_in_reply(&body, n) {
+        return Ok(AttemptResult::Text(Text::complete([text])));
+    }
+    match protocol::parse_reply(&body) {
+        Ok(Reply::Result { n: got, result }) if got == n && is_numbers_text(result.as_bytes()) => {
+            Ok(AttemptResult::Text(Text::complete([Bytes::from(result)])))
+        }
+        Ok(Reply::Result { n: got, .. }) => Err((
+            FailureKind::Protocol,
+            format!("asked for N = {n}, got a reply for N = {got} or with a malformed result"),
+        )),
+        Ok(Reply::Error(message)) => Ok(AttemptResult::Refused(message)),
+        Err(problem) => Err((FailureKind::Protocol, problem)),
+    }
+}
+
+/// Copies `text_len` bytes of numbers to `tx`, then checks the tail; returns the connection
+/// for reuse. Stops (without error) when the receiver is gone.
+async fn relay(
+    mut conn: TcpStream,
+    mut text_len: u64,
+    call_timeout: Duration,
+    tx: &mpsc::Sender<Result<Bytes, TextError>>,
+) -> Result<Option<TcpStream>, String> {
+    while text_len > 0 {
+        let want = text_len.min(STREAM_READ as u64) as usize;
+        let mut chunk = vec![0u8; want];
+        let got = match timeout(call_timeout, conn.read(&mut chunk)).await {
+            Err(_) => return Err(format!("no data within {call_timeout:?}")),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(0)) => return Err(format!("connection closed with {text_len} bytes to go")),
+            Ok(Ok(got)) => got,
+        };
+        chunk.truncate(got);
+        if !is_numbers_text(&chunk) {
+            return Err("reply contains bytes other than digits and spaces".into());
+        }
+        text_len -= got as u64;
+        if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+            return Ok(None);
+        }
+    }
+    let mut tail = [0u8; 2];
+    match timeout(call_timeout, conn.read_exact(&mut tail)).await {
+        Ok(Ok(_)) if tail == protocol::REPLY_TAIL => Ok(Some(conn)),
+        _ => Err("reply does not end with \"}".into()),
+    }
+}
+
+/// The numbers' text of a reply in this crate's own layout (`{"N": n, "result": "..."}`), as a
+/// slice of the reply with no JSON parsing; `None` for anything else (an error reply, other
+/// spacing), which then goes through the JSON parser.
+fn numbers_in_reply(body: &Bytes, n: u64) -> Option<Bytes> {
+    let head = protocol::reply_head(n);
+    let tail = protocol::REPLY_TAIL;
+    if body.len() < head.len() + tail.len()
+        || !body.starts_with(head.as_bytes())
+        || !body.ends_with(tail)
+    {
+        return None;
+    }
+    let text = body.slice(head.len()..body.len() - tail.len());
+    is_numbers_text(&text).then_some(text)
+}
+
+fn is_numbers_text(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b.is_ascii_digit() || b == b' ')
+}
+
+fn summarise(failures: &[Attempt]) -> ClientError {
+    let detail = failures
+        .iter()
+        .map(|a| format!("{}: {}", a.backend, a.detail))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if !failures.is_empty() && failures.iter().all(|a| a.kind == FailureKind::Timeout) {
+        ClientError::TimedOut(detail)
+    } else {
+        ClientError::Unavailable(detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_layout_replies_are_sliced_without_parsing() {
+        let body = Bytes::from_static(br#"{"N": 3, "result": "0 1 1"}"#);
+        assert_eq!(numbers_in_reply(&body, 3).as_deref(), Some(&b"0 1 1"[..]));
+        assert_eq!(numbers_in_reply(&body, 4), None, "another N");
+        let injected = Bytes::from_static(br#"{"N": 3, "result": "0 1", "x": "1"}"#);
+        assert_eq!(
+            numbers_in_reply(&injected, 3),
+            None,
+            "only digits and spaces"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_back_end_listening_fails_fast_naming_each() {
+        // Ports 1 and 2 on loopback: nothing listens there, the connects are refused.
+        let client = BackendClient::new(
+            &["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()],
+            Duration::from_secs(1),
+            4,
+            0,
+        );
+        let err = client.text(10).await.err().expect("fails");
+        let message = err.to_string();
+        assert!(
+            message.contains("127.0.0.1:1") && message.contains("127.0.0.1:2"),
+            "{message}"
+        );
+        assert!(lock(&client.backends[0].health).is_down());
+    }
+}

@@ -1,0 +1,56 @@
+//! `portico check`: exit 0 against a healthy server, non-zero with the reason otherwise.
+
+use std::process::Command;
+
+use testkit::Portico;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portico");
+
+fn check(url: &str, cacert: Option<&std::path::Path>) -> std::process::Output {
+    let mut command = Command::new(BIN);
+    command.args(["check", url]);
+    if let Some(cert) = cacert {
+        command.arg("--cacert").arg(cert);
+    }
+    command.output().unwrap()
+}
+
+#[tokio::test]
+async fn check_passes_against_a_healthy_server() {
+    let server = Portico::start(BIN, "").await.unwrap();
+    let url = server.url("");
+    let cert = server.cert_path().unwrap().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || check(&url, Some(&cert)))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("healthy"), "{stdout}");
+}
+
+#[tokio::test]
+async fn check_fails_without_trusting_the_certificate() {
+    let server = Portico::start(BIN, "").await.unwrap();
+    let url = server.url("");
+    let out = tokio::task::spawn_blocking(move || check(&url, None))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FAILED: healthz"));
+}
+
+#[test]
+fn check_fails_when_nothing_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = check(&format!("http://127.0.0.1:{port}"), None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FAILED"));
+}
