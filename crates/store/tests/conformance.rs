@@ -1,0 +1,343 @@
+//! One conformance suite, run against every `Store` implementation: embedded (redb in a temp
+//! dir), Redis (the server at `PORTICO_TEST_REDIS`, default `redis://127.0.0.1:6379`, under a
+//! unique key prefix) and memory. Without a Redis server the Redis run is skipped, unless `CI`
+//! is set: then it fails.
+
+use std::time::{Duration, Instant};
+
+use store::{AnyStore, Digest, EmbeddedStore, MemoryStore, RedisOptions, RedisStore, Store};
+
+fn digest_of(n: u64) -> Digest {
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&n.to_be_bytes());
+    bytes[31] = 0xAB;
+    Digest(bytes)
+}
+
+/// Runs every behaviour check against `store`.
+async fn conformance(store: &AnyStore) {
+    missing_digest_is_none(store).await;
+    put_then_get_round_trips(store).await;
+    repeated_put_is_not_an_error(store).await;
+    empty_and_non_ascii_messages_round_trip(store).await;
+    large_message_round_trips(store).await;
+    concurrent_puts_are_all_found(store).await;
+}
+
+async fn missing_digest_is_none(store: &AnyStore) {
+    let found = store.get(&digest_of(u64::MAX)).await.expect("get");
+    assert_eq!(found, None, "{}: missing digest", store.kind());
+}
+
+async fn put_then_get_round_trips(store: &AnyStore) {
+    store.put(&digest_of(1), "foo").await.expect("put");
+    let found = store.get(&digest_of(1)).await.expect("get");
+    assert_eq!(found.as_deref(), Some("foo"), "{}", store.kind());
+}
+
+async fn repeated_put_is_not_an_error(store: &AnyStore) {
+    store.put(&digest_of(2), "bar").await.expect("first put");
+    store.put(&digest_of(2), "bar").await.expect("second put");
+    let found = store.get(&digest_of(2)).await.expect("get");
+    assert_eq!(found.as_deref(), Some("bar"), "{}", store.kind());
+}
+
+async fn empty_and_non_ascii_messages_round_trip(store: &AnyStore) {
+    for (n, message) in [(3, ""), (4, "café"), (5, "日本語 ✓ \u{0} \n\"quoted\"")] {
+        store.put(&digest_of(n), message).await.expect("put");
+        let found = store.get(&digest_of(n)).await.expect("get");
+        assert_eq!(found.as_deref(), Some(message), "{}", store.kind());
+    }
+}
+
+async fn large_message_round_trips(store: &AnyStore) {
+    let message = "x".repeat(600_000);
+    store.put(&digest_of(6), &message).await.expect("put");
+    let found = store.get(&digest_of(6)).await.expect("get");
+    assert_eq!(
+        found.map(|m| m.len()),
+        Some(message.len()),
+        "{}",
+        store.kind()
+    );
+}
+
+async fn concurrent_puts_are_all_found(store: &AnyStore) {
+    let tasks: Vec<_> = (1000..1300u64)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put(&digest_of(n), &format!("message {n}")).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("put");
+    }
+    for n in 1000..1300u64 {
+        let found = store.get(&digest_of(n)).await.expect("get");
+        assert_eq!(found, Some(format!("message {n}")), "{}", store.kind());
+    }
+}
+
+/// Read cache of the embedded store in these tests.
+const CACHE: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(&dir.path().join("messages.redb"), CACHE)
+        .await
+        .expect("open");
+    conformance(&AnyStore::Embedded(store.clone())).await;
+    // Again, now that reads are cached.
+    conformance(&AnyStore::Embedded(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_without_cache_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(&dir.path().join("messages.redb"), 0)
+        .await
+        .expect("open");
+    conformance(&AnyStore::Embedded(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_keeps_messages_across_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("messages.redb");
+    let store = EmbeddedStore::open(&path, CACHE).await.expect("open");
+    store.put(&digest_of(7), "kept").await.expect("put");
+    store.close().await.expect("close");
+    let reopened = EmbeddedStore::open(&path, CACHE).await.expect("reopen");
+    let found = reopened.get(&digest_of(7)).await.expect("get");
+    assert_eq!(found.as_deref(), Some("kept"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_refuses_a_file_open_elsewhere() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("messages.redb");
+    let _first = EmbeddedStore::open(&path, CACHE).await.expect("open");
+    let second = EmbeddedStore::open(&path, CACHE).await;
+    let error = second.expect_err("second open of the same file");
+    assert!(!error.is_retryable());
+    assert!(error.to_string().contains("messages.redb"), "{error}");
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    conformance(&AnyStore::Memory(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn memory_store_can_be_switched_off() {
+    let store = MemoryStore::new();
+    store.set_unavailable(true);
+    let error = store.get(&digest_of(1)).await.expect_err("switched off");
+    assert!(error.is_retryable());
+}
+
+fn redis_url() -> String {
+    std::env::var("PORTICO_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn unique_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("portico-test:store:{}-{nanos}:", std::process::id())
+}
+
+fn redis_options(url: String, key_prefix: String) -> RedisOptions {
+    RedisOptions {
+        url,
+        key_prefix,
+        connections: 2,
+        timeout: Duration::from_secs(1),
+    }
+}
+
+/// The test Redis, or `None` (skip) when it is not running and `CI` is not set.
+async fn test_redis(prefix: &str) -> Option<RedisStore> {
+    let store = RedisStore::new(&redis_options(redis_url(), prefix.into())).expect("valid URL");
+    match store.ping().await {
+        Ok(()) => Some(store),
+        Err(error) if std::env::var_os("CI").is_some() => {
+            panic!(
+                "CI is set and Redis at {} is not usable: {error}",
+                redis_url()
+            )
+        }
+        Err(error) => {
+            eprintln!("skipping: Redis at {} is not usable: {error}", redis_url());
+            None
+        }
+    }
+}
+
+/// Deletes every key under `prefix` (never anything else: the server is shared).
+async fn delete_prefix(prefix: &str) {
+    let client = redis::Client::open(redis_url()).expect("valid URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect for cleanup");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut connection)
+        .await
+        .expect("KEYS");
+    for key in keys {
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .expect("DEL");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_conforms() {
+    let prefix = unique_prefix();
+    let Some(store) = test_redis(&prefix).await else {
+        return;
+    };
+    conformance(&AnyStore::Redis(store)).await;
+    delete_prefix(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_stores_bare_hex_keys_under_its_prefix() {
+    let prefix = unique_prefix();
+    let Some(store) = test_redis(&prefix).await else {
+        return;
+    };
+    store.put(&digest_of(9), "raw").await.expect("put");
+    let client = redis::Client::open(redis_url()).expect("valid URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let raw: Option<String> = redis::cmd("GET")
+        .arg(format!("{prefix}{}", digest_of(9).to_hex()))
+        .query_async(&mut connection)
+        .await
+        .expect("GET");
+    assert_eq!(raw.as_deref(), Some("raw"));
+    delete_prefix(&prefix).await;
+}
+
+#[tokio::test]
+async fn redis_store_that_cannot_connect_fails_fast_and_retryably() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let options = redis_options(format!("redis://127.0.0.1:{port}/0"), String::new());
+    let store = RedisStore::new(&options).expect("valid URL");
+    let started = Instant::now();
+    let error = store.get(&digest_of(1)).await.expect_err("nothing listens");
+    assert!(error.is_retryable(), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let error = store
+        .put(&digest_of(1), "x")
+        .await
+        .expect_err("nothing listens");
+    assert!(error.is_retryable(), "{error}");
+}
+
+#[test]
+fn redis_store_rejects_a_bad_url() {
+    let options = redis_options("http://example.com".into(), String::new());
+    let error = RedisStore::new(&options).expect_err("not a Redis URL");
+    assert!(!error.is_retryable());
+    assert!(error.to_string().contains("http://example.com"), "{error}");
+}
+
+/// A private `redis-server` on a fixed port in a temp dir, killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16, dir: &std::path::Path) -> std::io::Result<PrivateRedis> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(PrivateRedis { child })
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_recovers_after_redis_restarts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let redis = match PrivateRedis::start(port, dir.path()) {
+        Ok(redis) => redis,
+        Err(error) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipping: cannot run redis-server: {error}");
+            return;
+        }
+        Err(error) => panic!("CI is set and redis-server cannot run: {error}"),
+    };
+    let options = redis_options(format!("redis://127.0.0.1:{port}/0"), String::new());
+    let store = RedisStore::new(&options).expect("valid URL");
+    store
+        .put(&digest_of(1), "before")
+        .await
+        .expect("put while up");
+
+    drop(redis);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let error = store.get(&digest_of(1)).await.expect_err("Redis is down");
+        assert!(error.is_retryable(), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    let _redis = PrivateRedis::start(port, dir.path()).expect("restart redis-server");
+    store
+        .put(&digest_of(2), "after")
+        .await
+        .expect("put after restart");
+    let found = store.get(&digest_of(2)).await.expect("get after restart");
+    assert_eq!(found.as_deref(), Some("after"));
+}
