@@ -11,6 +11,7 @@ pub mod config;
 pub mod logging;
 mod middleware;
 pub mod privilege;
+pub mod rotate;
 pub mod server;
 pub mod tls;
 

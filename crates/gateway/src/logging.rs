@@ -1,9 +1,8 @@
 //! Logs: the app log and the access log (events with target `access`), to stderr or to
 //! `app.log` and `access.log` in `log.dir`, each rotated by size into `.1` (newest) .. `.N`.
 //! Writes go through a background thread so a slow disk does not stall requests; lines are
-//! never dropped (the writer applies back-pressure instead). That thread writes each batch of
-//! lines through a 64 KiB buffer, so a file may pass `max_bytes` by at most one batch before
-//! it rotates; lines are never split across files.
+//! never dropped (the writer applies back-pressure instead). Files rotate like Python's
+//! `RotatingFileHandler` (see `rotate`).
 //!
 //! Access-log lines are formatted by the middleware and written straight to their writer
 //! (`access_line`), not through `tracing`: per-request formatting through the subscriber cost
@@ -14,12 +13,8 @@
 
 use std::fs;
 use std::io::{self, BufWriter, Write};
-use std::path::Path;
 use std::sync::OnceLock;
 
-use file_rotate::compression::Compression;
-use file_rotate::suffix::AppendCount;
-use file_rotate::{ContentLimit, FileRotate};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -27,6 +22,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::config::LogConfig;
+use crate::rotate::RotatingFile;
 use crate::Error;
 
 /// Size of the buffer the writer thread fills before a write system call.
@@ -96,18 +92,6 @@ pub struct LogGuard {
     _guards: Vec<WorkerGuard>,
 }
 
-/// A rotating file: `path`, rotated past `max_bytes` into `path.1` .. `path.backups`.
-pub fn rotating_file(path: &Path, max_bytes: u64, backups: usize) -> FileRotate<AppendCount> {
-    FileRotate::new(
-        path,
-        AppendCount::new(backups),
-        // Rotates before the write that follows passing the limit, so lines stay whole.
-        ContentLimit::BytesSurpassed(usize::try_from(max_bytes).unwrap_or(usize::MAX)),
-        Compression::None,
-        None,
-    )
-}
-
 /// Installs the global subscriber. Call once, early.
 pub fn init(config: &LogConfig) -> Result<LogGuard, Error> {
     let (app, access, guards) = writers(config)?;
@@ -142,10 +126,17 @@ fn writers(config: &LogConfig) -> Result<(NonBlocking, NonBlocking, Vec<WorkerGu
                 what: format!("creating log.dir {}", dir.display()),
                 source,
             })?;
-            let file =
-                |name: &str| rotating_file(&dir.join(name), config.max_bytes, config.backups);
-            let (app, app_guard) = builder().finish(batched(file("app.log")));
-            let (access, access_guard) = builder().finish(batched(file("access.log")));
+            let file = |name: &str| {
+                let path = dir.join(name);
+                RotatingFile::open(&path, config.max_bytes, config.backups).map_err(|source| {
+                    Error::Io {
+                        what: format!("opening log file {}", path.display()),
+                        source,
+                    }
+                })
+            };
+            let (app, app_guard) = builder().finish(file("app.log")?);
+            let (access, access_guard) = builder().finish(file("access.log")?);
             Ok((app, access, vec![app_guard, access_guard]))
         }
     }
@@ -155,33 +146,4 @@ fn writers(config: &LogConfig) -> Result<(NonBlocking, NonBlocking, Vec<WorkerGu
 /// of one batch into one system call.
 fn batched<W: Write>(writer: W) -> BufWriter<W> {
     BufWriter::with_capacity(BATCH_BYTES, writer)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn rotation_keeps_at_most_backups_files_of_whole_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("app.log");
-        let mut log = rotating_file(&path, 100, 3);
-        for i in 0..200 {
-            writeln!(log, "line {i:04} of the log").unwrap();
-        }
-        log.flush().unwrap();
-        let mut names: Vec<String> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["app.log", "app.log.1", "app.log.2", "app.log.3"]);
-        for name in &names {
-            let text = fs::read_to_string(dir.path().join(name)).unwrap();
-            assert!(text
-                .lines()
-                .all(|l| l.starts_with("line ") && l.ends_with("log")));
-        }
-    }
 }

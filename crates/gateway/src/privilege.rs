@@ -15,8 +15,9 @@ pub struct PrivilegeConfig {
     pub allow_root: bool,
 }
 
-/// Switches to the configured user and group; hands them `owned_dirs` first (the data
-/// directory, so the services can write there). Returns the user now in effect.
+/// Switches to the configured user and group; hands them `owned_dirs` first (the data and
+/// log directories and the open log files, so services can write and logs can rotate).
+/// Returns the user now in effect.
 pub fn drop_privileges(config: &PrivilegeConfig, owned_dirs: &[&Path]) -> Result<String, Error> {
     let running_as_root = Uid::effective().is_root();
     match (&config.user, running_as_root) {

@@ -28,12 +28,30 @@ pub async fn serve(mut config: Config, zero_config: bool) -> anyhow::Result<()> 
     let data_dir = prepare_data_dir(&config.data_dir)?;
     config.data_dir = data_dir.clone();
     let gateway = Gateway::bind(&config.gateway()).context("binding listeners")?;
-    let user = privilege::drop_privileges(&privileges(&config, zero_config), &[&data_dir])?;
+    let owned = owned_paths(&config, &data_dir);
+    let owned: Vec<&Path> = owned.iter().map(PathBuf::as_path).collect();
+    let user = privilege::drop_privileges(&privileges(&config, zero_config), &owned)?;
     let services = crate::wire::build(&config, &data_dir).await?;
     announce(&gateway.listeners(), &services, &user);
     gateway.serve(services, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the unprivileged user must own: the data directory, and the log directory with the
+/// log files already opened (rotation renames them and creates new ones).
+fn owned_paths(config: &Config, data_dir: &Path) -> Vec<PathBuf> {
+    let mut paths = vec![data_dir.to_path_buf()];
+    if let Some(dir) = &config.log.dir {
+        paths.push(dir.clone());
+        for name in ["app.log", "access.log"] {
+            let file = dir.join(name);
+            if file.exists() {
+                paths.push(file);
+            }
+        }
+    }
+    paths
 }
 
 fn privileges(config: &Config, zero_config: bool) -> PrivilegeConfig {
@@ -79,11 +97,13 @@ fn announce(listeners: &[ListenerInfo], services: &gateway::Services, user: &str
     tracing::info!(user, "ready");
 }
 
-/// Completes on the first SIGTERM or SIGINT.
+/// Completes on the first SIGTERM or SIGINT. SIGHUP never ends the process: services that
+/// reload on it (region) listen for it; without them it is ignored.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let _hangup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

@@ -114,6 +114,11 @@ async fn an_ipv6_wildcard_listener_is_dual_stack() {
             .unwrap();
         assert_eq!(answer.status(), 200, "over {host}");
     }
+    // Access-log lines reach stderr within the workers' 100 ms batching.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !server.stderr().contains(" [::1]:") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log = server.stderr();
     assert!(
         log.contains(" 127.0.0.1:"),
@@ -332,6 +337,19 @@ async fn sigterm_during_a_slow_request_lets_it_finish_then_exits_zero() {
     assert!(answer.contains("\"digest\""), "{answer}");
     let status = server.wait_exit(Duration::from_secs(10)).await.unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn sighup_does_not_stop_a_server_without_reloadable_services() {
+    let server = Portico::builder(BIN)
+        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"admin\"]\n")
+        .start()
+        .await
+        .unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(answer.status(), 200);
 }
 
 #[test]
