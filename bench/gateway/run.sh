@@ -7,7 +7,12 @@
 
 build_release
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null; rm -rf "$WORK"' EXIT
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  if [ -f "$WORK/nginx.pid" ]; then kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 RESULTS=$WORK/results.txt
 "$PORTICO" cert --host localhost --key-type ecdsa --out "$WORK" >/dev/null
 

@@ -25,6 +25,10 @@ use crate::config::LogConfig;
 use crate::rotate::RotatingFile;
 use crate::Error;
 
+/// Writes queued for the writer thread before writers wait (access-log writes are batches of
+/// up to 32 KiB). The queue's slots are allocated up front.
+const QUEUED_WRITES: usize = 8 * 1024;
+
 /// Size of the buffer the writer thread fills before a write system call.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -113,7 +117,7 @@ fn writers(config: &LogConfig) -> Result<(NonBlocking, NonBlocking, Vec<WorkerGu
     let builder = || {
         NonBlockingBuilder::default()
             .lossy(false)
-            .buffered_lines_limit(64 * 1024)
+            .buffered_lines_limit(QUEUED_WRITES)
     };
     match &config.dir {
         // One writer for both, so their lines never interleave mid-line on stderr.

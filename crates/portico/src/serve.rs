@@ -16,7 +16,10 @@ const ZERO_CONFIG_ROOT_USER: &str = "nobody";
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let _logs = gateway::logging::init(&config.log).context("starting logs")?;
+    // Requests are served by the gateway's own per-core workers; this runtime runs start-up and
+    // services' background tasks (Redis drivers, reload watchers), which one thread carries.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
