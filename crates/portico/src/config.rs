@@ -211,6 +211,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_matches_the_zero_config_listeners() {
+        let text = include_str!("../../../portico.example.toml");
+        let config = parse(text).unwrap();
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        let defaults = parse("").unwrap();
+        let addrs = |c: &Config| {
+            c.listeners
+                .iter()
+                .map(|l| l.addr.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(addrs(&config), addrs(&defaults));
+        assert_eq!(config.limits.max_body_bytes, defaults.limits.max_body_bytes);
+        assert_eq!(config.log.max_bytes, defaults.log.max_bytes);
+    }
+
+    #[test]
     fn every_validation_problem_is_reported() {
         let config = parse(
             "[[listener]]\naddr = \"nowhere\"\nservices = [\"bogus\"]\n[log]\nmax_bytes = 0\n",
