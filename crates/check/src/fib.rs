@@ -1,7 +1,7 @@
 //! The fib probe of `portico check`: `GET /fib/10` must answer 200 with the original's exact
 //! body, which exercises parsing, the number cache (or the back ends) and the layout at once.
 
-use crate::{send, unexpected, url, CheckError, Target};
+use crate::{send_text, unexpected, url, CheckError, Target};
 
 /// The one answer the probe accepts for `/fib/10`.
 pub const EXPECTED_FIB_10: &str = "{\n  \"N\": 10,\n  \"result\": \"0 1 1 2 3 5 8 13 21 34\"\n}";
@@ -10,16 +10,7 @@ pub const EXPECTED_FIB_10: &str = "{\n  \"N\": 10,\n  \"result\": \"0 1 1 2 3 5 
 pub async fn probe(target: &Target, done: &mut Vec<String>) -> Result<(), CheckError> {
     let what = "fib";
     let url = url(target, "/fib/10");
-    let response = send(what, &url, target.client.get(&url)).await?;
-    let status = response.status();
-    let body = response
-        .text()
-        .await
-        .map_err(|source| CheckError::Request {
-            what: what.into(),
-            url: url.clone(),
-            source,
-        })?;
+    let (status, body) = send_text(what, &url, target.client.get(&url)).await?;
     if status != reqwest::StatusCode::OK {
         return Err(unexpected(what, format!("{url} answered {status}: {body}")));
     }

@@ -76,16 +76,7 @@ pub async fn run(target: &Target, done: &mut Vec<String>) -> Result<(), CheckErr
 async fn healthz(target: &Target, done: &mut Vec<String>) -> Result<Vec<String>, CheckError> {
     let what = "healthz";
     let url = url(target, "/healthz");
-    let response = send(what, &url, target.client.get(&url)).await?;
-    let status = response.status();
-    let body = response
-        .text()
-        .await
-        .map_err(|source| CheckError::Request {
-            what: what.into(),
-            url: url.clone(),
-            source,
-        })?;
+    let (status, body) = send_text(what, &url, target.client.get(&url)).await?;
     if status != reqwest::StatusCode::OK {
         return Err(unexpected(what, format!("{url} answered {status}: {body}")));
     }
@@ -114,6 +105,26 @@ fn join(items: &[String]) -> String {
 /// `base` + `path`.
 pub(crate) fn url(target: &Target, path: &str) -> String {
     format!("{}{}", target.base.as_str().trim_end_matches('/'), path)
+}
+
+/// Sends a request and reads the whole answer as text, naming the check and URL when either
+/// fails.
+pub(crate) async fn send_text(
+    what: &str,
+    url: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<(reqwest::StatusCode, String), CheckError> {
+    let response = send(what, url, request).await?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .map_err(|source| CheckError::Request {
+            what: what.into(),
+            url: url.into(),
+            source,
+        })?;
+    Ok((status, body))
 }
 
 /// Sends a request, naming the check and URL when it fails.

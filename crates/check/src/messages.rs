@@ -10,7 +10,7 @@
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 
-use crate::{send, unexpected, url, CheckError, Target};
+use crate::{send_text, unexpected, url, CheckError, Target};
 
 /// The digest the official test expects for `foo`.
 pub const FOO_DIGEST: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
@@ -103,16 +103,7 @@ async fn json(
     url: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<(StatusCode, serde_json::Value), CheckError> {
-    let response = send("messages", url, request).await?;
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|source| CheckError::Request {
-            what: "messages".into(),
-            url: url.into(),
-            source,
-        })?;
+    let (status, text) = send_text("messages", url, request).await?;
     Ok((
         status,
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),

@@ -4,7 +4,7 @@
 //! only checks that the service answers as it should for an unknown client (a region or
 //! `404 Not found`).
 
-use crate::{send, unexpected, url, CheckError, Target};
+use crate::{send_text, unexpected, url, CheckError, Target};
 
 const WHAT: &str = "region";
 
@@ -15,16 +15,7 @@ pub async fn probe(target: &Target, done: &mut Vec<String>) -> Result<(), CheckE
         None => "/regionInfo".to_string(),
     };
     let url = url(target, &path);
-    let response = send(WHAT, &url, target.client.get(&url)).await?;
-    let status = response.status();
-    let body = response
-        .text()
-        .await
-        .map_err(|source| CheckError::Request {
-            what: WHAT.into(),
-            url: url.clone(),
-            source,
-        })?;
+    let (status, body) = send_text(WHAT, &url, target.client.get(&url)).await?;
     match (&target.region_hint, status.as_u16()) {
         (None, 404) if body == "Not found" => {
             done.push(format!(

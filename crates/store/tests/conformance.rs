@@ -208,6 +208,22 @@ async fn redis_store_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_with_a_connection_per_thread_conforms() {
+    let prefix = unique_prefix();
+    let Some(shared) = test_redis(&prefix).await else {
+        return;
+    };
+    drop(shared);
+    let options = RedisOptions {
+        connections: 0,
+        ..redis_options(redis_url(), prefix.clone())
+    };
+    let store = RedisStore::new(&options).expect("valid URL");
+    conformance(&AnyStore::Redis(store)).await;
+    delete_prefix(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_stores_bare_hex_keys_under_its_prefix() {
     let prefix = unique_prefix();
     let Some(store) = test_redis(&prefix).await else {
