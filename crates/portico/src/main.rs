@@ -13,7 +13,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-// The system allocator was ~15% of the gateway's CPU under load (bench/gateway).
+// glibc malloc was ~15% of the gateway's CPU under load (bench/gateway). Without the
+// `mimalloc` feature the system allocator is used (less memory, see Cargo.toml).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
