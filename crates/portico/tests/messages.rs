@@ -5,12 +5,11 @@
 //! `MESSAGES_REDIS_HOST` variable, and a private `redis-server` stopped and started under a
 //! running Portico.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use testkit::Portico;
+use testkit::{Portico, PrivateRedis};
 
 const FOO: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
 const BAR: &str = "fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9";
@@ -415,53 +414,6 @@ async fn redis_host_variable_selects_redis_on_port_6379_db_0() {
 // ---------------------------------------------------------------------------------------
 // a private Redis stopped and started under a running Portico
 
-/// `redis-server` on `port` in `dir`, killed on drop.
-struct PrivateRedis {
-    child: std::process::Child,
-}
-
-impl PrivateRedis {
-    fn start(port: u16, dir: &Path) -> Option<PrivateRedis> {
-        let spawned = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dir"])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .spawn();
-        let child = match spawned {
-            Ok(child) => child,
-            Err(error) if std::env::var_os("CI").is_none() => {
-                eprintln!("skipping: cannot run redis-server: {error}");
-                return None;
-            }
-            Err(error) => panic!("CI is set and redis-server cannot run: {error}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(PrivateRedis { child })
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Asserts the request answers 503 (JSON, Retry-After) within 3 s.
 async fn assert_quick_503(request: reqwest::RequestBuilder, what: &str) {
     let started = Instant::now();
@@ -510,7 +462,7 @@ async fn wait_for_recovery(server: &Portico, limit: Duration) -> Duration {
 async fn redis_down_answers_503_quickly_and_recovers_without_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let Some(redis) = PrivateRedis::start(port, dir.path()) else {
+    let Some(redis) = PrivateRedis::start_or_skip(port, dir.path()) else {
         return;
     };
     let url = format!("redis://127.0.0.1:{port}/0");
@@ -559,7 +511,7 @@ async fn portico_starts_while_redis_is_down_and_serves_once_it_is_up() {
     let server = start_messages(&messages_toml(&url, "")).await;
     let client = server.client();
     assert_quick_503(client.get(server.url(&format!("/messages/{FOO}"))), "GET").await;
-    let Some(_redis) = PrivateRedis::start(port, dir.path()) else {
+    let Some(_redis) = PrivateRedis::start_or_skip(port, dir.path()) else {
         return;
     };
     wait_for_recovery(&server, Duration::from_secs(5)).await;

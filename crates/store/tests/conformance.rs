@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use store::{AnyStore, Digest, EmbeddedStore, MemoryStore, RedisOptions, RedisStore, Store};
+use testkit::PrivateRedis;
 
 fn digest_of(n: u64) -> Digest {
     let mut bytes = [0u8; 32];
@@ -276,45 +277,6 @@ fn redis_store_rejects_a_bad_url() {
     assert!(error.to_string().contains("http://example.com"), "{error}");
 }
 
-/// A private `redis-server` on a fixed port in a temp dir, killed on drop.
-struct PrivateRedis {
-    child: std::process::Child,
-}
-
-impl PrivateRedis {
-    fn start(port: u16, dir: &std::path::Path) -> std::io::Result<PrivateRedis> {
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dir"])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(PrivateRedis { child })
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_recovers_after_redis_restarts() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -322,13 +284,8 @@ async fn redis_store_recovers_after_redis_restarts() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let redis = match PrivateRedis::start(port, dir.path()) {
-        Ok(redis) => redis,
-        Err(error) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipping: cannot run redis-server: {error}");
-            return;
-        }
-        Err(error) => panic!("CI is set and redis-server cannot run: {error}"),
+    let Some(redis) = PrivateRedis::start_or_skip(port, dir.path()) else {
+        return;
     };
     let options = redis_options(format!("redis://127.0.0.1:{port}/0"), String::new());
     let store = RedisStore::new(&options).expect("valid URL");

@@ -18,6 +18,10 @@
 //! block, `toml` appends sections, `top_level` adds top-level keys. When the tests run as root
 //! the config says `allow_root = true` (privilege drop has its own test).
 
+mod redis;
+
+pub use redis::PrivateRedis;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
