@@ -106,8 +106,7 @@ async fn embedded_store_keeps_every_acknowledged_write_across_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_keeps_every_acknowledged_write_across_sigkill() {
-    let url =
-        std::env::var("PORTICO_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = testkit::test_redis_url();
     let options = store::RedisOptions {
         url: url.clone(),
         key_prefix: String::new(),
@@ -119,18 +118,10 @@ async fn redis_store_keeps_every_acknowledged_write_across_sigkill() {
         Err(e) => Err(e.to_string()),
     };
     if let Err(error) = reachable {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set and Redis at {url} is not usable: {error}"
-        );
-        eprintln!("skipping: Redis at {url} is not usable: {error}");
+        testkit::server_missing(&format!("Redis at {url}"), error);
         return;
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let prefix = format!("portico-test:durability:{}-{nanos}:", std::process::id());
+    let prefix = testkit::unique_key_prefix("durability");
     let toml = format!("[messages]\nstore = {url:?}\nkey_prefix = {prefix:?}\n");
     acknowledged_writes_survive_sigkill(&toml).await;
     let keys = std::process::Command::new("redis-cli")

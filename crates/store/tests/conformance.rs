@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use store::{AnyStore, Digest, EmbeddedStore, MemoryStore, RedisOptions, RedisStore, Store};
-use testkit::PrivateRedis;
+use testkit::{server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
 
 fn digest_of(n: u64) -> Digest {
     let mut bytes = [0u8; 32];
@@ -138,18 +138,6 @@ async fn memory_store_can_be_switched_off() {
     assert!(error.is_retryable());
 }
 
-fn redis_url() -> String {
-    std::env::var("PORTICO_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-fn unique_prefix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("portico-test:store:{}-{nanos}:", std::process::id())
-}
-
 fn redis_options(url: String, key_prefix: String) -> RedisOptions {
     RedisOptions {
         url,
@@ -161,17 +149,12 @@ fn redis_options(url: String, key_prefix: String) -> RedisOptions {
 
 /// The test Redis, or `None` (skip) when it is not running and `CI` is not set.
 async fn test_redis(prefix: &str) -> Option<RedisStore> {
-    let store = RedisStore::new(&redis_options(redis_url(), prefix.into())).expect("valid URL");
+    let store =
+        RedisStore::new(&redis_options(test_redis_url(), prefix.into())).expect("valid URL");
     match store.ping().await {
         Ok(()) => Some(store),
-        Err(error) if std::env::var_os("CI").is_some() => {
-            panic!(
-                "CI is set and Redis at {} is not usable: {error}",
-                redis_url()
-            )
-        }
         Err(error) => {
-            eprintln!("skipping: Redis at {} is not usable: {error}", redis_url());
+            server_missing(&format!("Redis at {}", test_redis_url()), error);
             None
         }
     }
@@ -179,7 +162,7 @@ async fn test_redis(prefix: &str) -> Option<RedisStore> {
 
 /// Deletes every key under `prefix` (never anything else: the server is shared).
 async fn delete_prefix(prefix: &str) {
-    let client = redis::Client::open(redis_url()).expect("valid URL");
+    let client = redis::Client::open(test_redis_url()).expect("valid URL");
     let mut connection = client
         .get_multiplexed_async_connection()
         .await
@@ -200,7 +183,7 @@ async fn delete_prefix(prefix: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_conforms() {
-    let prefix = unique_prefix();
+    let prefix = unique_key_prefix("store");
     let Some(store) = test_redis(&prefix).await else {
         return;
     };
@@ -210,14 +193,14 @@ async fn redis_store_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_with_a_connection_per_thread_conforms() {
-    let prefix = unique_prefix();
+    let prefix = unique_key_prefix("store");
     let Some(shared) = test_redis(&prefix).await else {
         return;
     };
     drop(shared);
     let options = RedisOptions {
         connections: 0,
-        ..redis_options(redis_url(), prefix.clone())
+        ..redis_options(test_redis_url(), prefix.clone())
     };
     let store = RedisStore::new(&options).expect("valid URL");
     conformance(&AnyStore::Redis(store)).await;
@@ -226,12 +209,12 @@ async fn redis_store_with_a_connection_per_thread_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_stores_bare_hex_keys_under_its_prefix() {
-    let prefix = unique_prefix();
+    let prefix = unique_key_prefix("store");
     let Some(store) = test_redis(&prefix).await else {
         return;
     };
     store.put(&digest_of(9), "raw").await.expect("put");
-    let client = redis::Client::open(redis_url()).expect("valid URL");
+    let client = redis::Client::open(test_redis_url()).expect("valid URL");
     let mut connection = client
         .get_multiplexed_async_connection()
         .await

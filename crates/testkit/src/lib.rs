@@ -20,7 +20,7 @@
 
 mod redis;
 
-pub use redis::PrivateRedis;
+pub use redis::{server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

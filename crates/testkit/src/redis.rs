@@ -1,9 +1,34 @@
-//! A private `redis-server` for tests that stop and restart Redis (the shared one on 6379
-//! must never be stopped): its own port and directory, no persistence, killed on drop.
+//! Redis for tests: the shared test server's URL and key prefixes that keep tests apart, the
+//! rule for a missing server (a failure when `CI` is set, else a skip), and a private
+//! `redis-server` for tests that stop and restart Redis (the shared one must never be
+//! stopped): its own port and directory, no persistence, killed on drop.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The shared test Redis: `PORTICO_TEST_REDIS`, default `redis://127.0.0.1:6379`.
+pub fn test_redis_url() -> String {
+    std::env::var("PORTICO_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A key prefix no other test run uses (tests share one Redis; each cleans only its prefix).
+pub fn unique_key_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("portico-test:{test}:{}-{nanos}:", std::process::id())
+}
+
+/// A server the test needs (`what`) is not usable: with `CI` set that is a failure (this
+/// panics); otherwise the test should skip, and this says why.
+pub fn server_missing(what: &str, error: impl std::fmt::Display) {
+    if std::env::var_os("CI").is_some() {
+        panic!("CI is set and {what} is not usable: {error}");
+    }
+    eprintln!("skipping: {what} is not usable: {error}");
+}
 
 /// A running private `redis-server`.
 pub struct PrivateRedis {
@@ -45,11 +70,10 @@ impl PrivateRedis {
     pub fn start_or_skip(port: u16, dir: &Path) -> Option<PrivateRedis> {
         match PrivateRedis::start(port, dir) {
             Ok(redis) => Some(redis),
-            Err(error) if std::env::var_os("CI").is_none() => {
-                eprintln!("skipping: cannot run redis-server: {error}");
+            Err(error) => {
+                server_missing("redis-server", error);
                 None
             }
-            Err(error) => panic!("CI is set and redis-server cannot run: {error}"),
         }
     }
 }
