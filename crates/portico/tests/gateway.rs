@@ -127,6 +127,34 @@ async fn an_ipv6_wildcard_listener_is_dual_stack() {
 }
 
 #[tokio::test]
+async fn headers_over_the_limit_get_431_over_http1_and_http2() {
+    let server = Portico::builder(BIN)
+        .listeners_toml(PLAIN_AND_TLS)
+        .toml("[limits]\nmax_header_bytes = 8192\n")
+        .start()
+        .await
+        .unwrap();
+    let big = "a".repeat(20_000);
+    let plain = server.url_on(false, "/healthz").unwrap();
+    let answer = reqwest::Client::new()
+        .get(&plain)
+        .header("x-big", &big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 431, "HTTP/1.1");
+    let answer = server
+        .client()
+        .get(server.url("/healthz"))
+        .header("x-big", &big)
+        .send()
+        .await;
+    assert_eq!(answer.unwrap().status(), 431, "HTTP/2");
+    let answer = reqwest::get(&plain).await.unwrap();
+    assert_eq!(answer.status(), 200, "still healthy");
+}
+
+#[tokio::test]
 async fn unknown_path_is_a_json_404() {
     let server = Portico::start(BIN, "").await.unwrap();
     let answer = server
