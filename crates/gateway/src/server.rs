@@ -4,9 +4,9 @@
 //! core), each a single-threaded tokio runtime on its own OS thread with its own listening
 //! socket per listener (`SO_REUSEPORT`, so the kernel spreads connections). A connection
 //! lives on one worker for its whole life: no work stealing and no cross-thread wake-ups on
-//! the hot path, which measured ~2x the throughput (50k -> 110k req/s) of one shared multi-threaded runtime on
-//! the 2-core bench machine (bench/gateway). Services' background tasks run on the main
-//! runtime; CPU-heavy work goes to `spawn_blocking` as everywhere.
+//! the hot path, which measured ~2x the throughput (50k -> 110k req/s) of one shared
+//! multi-threaded runtime on the 2-core bench machine (bench/gateway). Services' background
+//! tasks run on the main runtime; CPU-heavy work goes to `spawn_blocking` as everywhere.
 //!
 //! Per connection: connection limit, TLS handshake under `header_timeout`, HTTP/1.1 or
 //! HTTP/2 (ALPN or preface) through hyper. On shutdown every worker stops accepting, asks its
