@@ -1,5 +1,5 @@
-//! The router of one listener: the services it mounts, `/healthz`, the admin service and the
-//! layers every request passes, listed outermost first in `listener_router`.
+//! What one listener answers with (`ListenerApp`): the router of the services it mounts,
+//! `/healthz`, the admin service (`/readyz`, `/metrics`), and the gateway's JSON errors.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower::util::MapResponseLayer;
 
 use crate::config::{LimitsConfig, ListenerConfig};
-use crate::middleware::{self, ServiceTag};
+use crate::middleware::ServiceTag;
+use crate::service::{Limits, ListenerApp};
 use crate::ADMIN;
 
 /// Built-in services by name; each router carries its routes' full paths.
@@ -59,31 +60,37 @@ impl Services {
     }
 }
 
-/// The full router of a listener: the gateway layer (request id, body limit, timeout, metrics,
-/// access log; see `middleware`), the extractors' body limit, then the routes.
-pub(crate) fn listener_router(
+/// What a listener answers with: its mounted services (each response tagged with the
+/// service's name), `/healthz`, the admin service when mounted, and JSON 404s. The gateway's
+/// layer around it is `service::ConnectionService`.
+pub(crate) fn listener_app(
     listener: &ListenerConfig,
     services: &Services,
     limits: &LimitsConfig,
     ready: &Arc<AtomicBool>,
-) -> Router {
+) -> ListenerApp {
     let mounted = services.expand(&listener.services);
-    let healthz = Router::new().route("/healthz", get(healthz_handler(&mounted)));
-    let mut router = tag(healthz, "gateway");
+    let healthz = healthz_body(&mounted);
+    let healthz_route = Router::new().route("/healthz", get(healthz_handler(healthz.clone())));
+    let mut router = tag(healthz_route, GATEWAY);
     for name in &mounted {
         router = router.merge(mount(name, services, ready));
     }
-    router
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(
-            middleware::Limits {
-                max_body_bytes: limits.max_body_bytes,
-                request_timeout: limits.request_timeout,
-            },
-            middleware::gateway_layer,
-        ))
+    ListenerApp {
+        router: router
+            .fallback(not_found)
+            .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+        healthz,
+        limits: Limits {
+            max_body_bytes: limits.max_body_bytes,
+            request_timeout: limits.request_timeout,
+        },
+        gateway: ServiceTag::new(GATEWAY),
+    }
 }
+
+/// The service name of the gateway's own answers in logs and metrics.
+const GATEWAY: &str = "gateway";
 
 fn mount(name: &str, services: &Services, ready: &Arc<AtomicBool>) -> Router {
     let router = match services.routers.get(name) {
@@ -95,7 +102,7 @@ fn mount(name: &str, services: &Services, ready: &Arc<AtomicBool>) -> Router {
 
 /// Marks the responses of `router` as `name`'s, for the access log and metrics.
 fn tag(router: Router, name: &str) -> Router {
-    let tag = ServiceTag(Arc::from(name));
+    let tag = ServiceTag::new(name);
     router.layer(MapResponseLayer::new(move |mut response: Response| {
         response.extensions_mut().insert(tag.clone());
         response
@@ -104,12 +111,11 @@ fn tag(router: Router, name: &str) -> Router {
 
 /// `/healthz` answers liveness and which services this listener mounts (used by
 /// `portico check`).
-fn healthz_handler(mounted: &[String]) -> impl Fn() -> std::future::Ready<Response> + Clone {
-    let body = serde_json_like(mounted);
+fn healthz_handler(body: Bytes) -> impl Fn() -> std::future::Ready<Response> + Clone {
     move || std::future::ready(json_response(StatusCode::OK, body.clone()))
 }
 
-fn serde_json_like(mounted: &[String]) -> Bytes {
+fn healthz_body(mounted: &[String]) -> Bytes {
     let names: Vec<String> = mounted.iter().map(|n| format!("\"{n}\"")).collect();
     Bytes::from(format!(
         "{{\"status\":\"ok\",\"services\":[{}]}}\n",
@@ -173,27 +179,13 @@ async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "no service at this path")
 }
 
-/// What a connection over `max_connections` gets: 503 and `Connection: close`.
-pub(crate) fn overloaded_router() -> Router {
-    Router::new().fallback(|| async {
-        let mut response = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections: try again later",
-        );
-        let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        response
-    })
-}
-
 /// The gateway's own error answers: JSON `{"error": "..."}`.
 pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
     let body = format!("{{\"error\":{}}}\n", json_string(message));
     json_response(status, Bytes::from(body))
 }
 
-fn json_response(status: StatusCode, body: Bytes) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(

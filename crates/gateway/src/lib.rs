@@ -5,14 +5,17 @@
 //! The gateway knows no service: the binary hands it `Services`, a map from name to
 //! `axum::Router` whose routes carry their full paths.
 
+mod access_log;
 pub mod app;
 pub mod certs;
 pub mod config;
+mod connection;
 pub mod logging;
 mod middleware;
 pub mod privilege;
 pub mod rotate;
 pub mod server;
+mod service;
 pub mod tls;
 
 use std::path::PathBuf;

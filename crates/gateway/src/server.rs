@@ -8,10 +8,9 @@
 //! multi-threaded runtime on the 2-core bench machine (bench/gateway). Services' background
 //! tasks run on the main runtime; CPU-heavy work goes to `spawn_blocking` as everywhere.
 //!
-//! Per connection: connection limit, TLS handshake under `header_timeout`, HTTP/1.1 or
-//! HTTP/2 (ALPN or preface) through hyper. On shutdown every worker stops accepting, asks its
-//! connections to finish (HTTP/1 closes after the in-flight response, HTTP/2 sends GOAWAY)
-//! and waits for them at most `drain_timeout`.
+//! What happens on a connection is `connection`'s. On shutdown every worker stops accepting,
+//! asks its connections to finish (HTTP/1 closes after the in-flight response, HTTP/2 sends
+//! GOAWAY) and waits for them at most `drain_timeout`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,18 +19,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
-use tokio_rustls::TlsAcceptor;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::app::{self, Services};
 use crate::config::{GatewayConfig, LimitsConfig, ListenerConfig};
+use crate::connection::{stopped, Listener};
 use crate::tls::{self, LoadedTls};
 use crate::Error;
 
@@ -99,8 +93,8 @@ impl Gateway {
         let mut per_worker: Vec<Vec<(std::net::TcpListener, Arc<Listener>)>> =
             (0..self.workers).map(|_| Vec::new()).collect();
         for bound in self.listeners {
-            let router = app::listener_router(&bound.config, &services, &self.limits, &ready);
-            let listener = Arc::new(Listener::new(router, bound.tls, &self.limits));
+            let app = app::listener_app(&bound.config, &services, &self.limits, &ready);
+            let listener = Arc::new(Listener::new(app, bound.tls, &self.limits));
             for (worker, socket) in bound.sockets.into_iter().enumerate() {
                 per_worker[worker].push((socket, listener.clone()));
             }
@@ -299,122 +293,5 @@ async fn accept_loop(
             },
             _ = stopped(&mut stop) => break,
         }
-    }
-}
-
-/// What every worker shares about one listener.
-struct Listener {
-    tls: Option<TlsAcceptor>,
-    router: axum::Router,
-    http: auto::Builder<TokioExecutor>,
-    slots: Arc<Semaphore>,
-    header_timeout: Duration,
-}
-
-impl Listener {
-    fn new(router: axum::Router, tls: Option<LoadedTls>, limits: &LimitsConfig) -> Self {
-        Listener {
-            tls: tls.map(|t| TlsAcceptor::from(t.server_config)),
-            router,
-            http: http_builder(limits),
-            slots: Arc::new(Semaphore::new(limits.max_connections)),
-            header_timeout: limits.header_timeout,
-        }
-    }
-
-    async fn connection(&self, stream: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
-        let _ = stream.set_nodelay(true);
-        let peer = canonical_peer(peer);
-        let permit = self.slots.clone().try_acquire_owned().ok();
-        let router = match permit {
-            Some(_) => self.router.clone(),
-            None => app::overloaded_router(),
-        };
-        match &self.tls {
-            None => self.serve(TokioIo::new(stream), peer, router, stop).await,
-            Some(acceptor) => {
-                let handshake = tokio::time::timeout(self.header_timeout, acceptor.accept(stream));
-                match handshake.await {
-                    Ok(Ok(tls)) => self.serve(TokioIo::new(tls), peer, router, stop).await,
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            }
-        }
-        drop(permit);
-    }
-
-    async fn serve<I>(
-        &self,
-        io: TokioIo<I>,
-        peer: SocketAddr,
-        router: axum::Router,
-        mut stop: watch::Receiver<bool>,
-    ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().oneshot(request)
-        });
-        let connection = self.http.serve_connection(io, service);
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = stopped(&mut stop) => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
-        if let Err(error) = result {
-            tracing::debug!(%peer, %error, "connection ended with an error");
-        }
-    }
-}
-
-/// An IPv4 client of a dual-stack socket arrives as `::ffff:a.b.c.d`: services and logs see
-/// it as the IPv4 address it is.
-fn canonical_peer(peer: SocketAddr) -> SocketAddr {
-    match peer {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => peer,
-        },
-        v4 => v4,
-    }
-}
-
-/// Completes once shutdown was asked for (at once if it already was).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns must not live across an await: drop it here.
-    let _ = stop.wait_for(|stopped| *stopped).await.is_ok();
-}
-
-fn http_builder(limits: &LimitsConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
-    builder
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn v4_mapped_peers_become_ipv4() {
-        let mapped: SocketAddr = "[::ffff:10.1.2.3]:80".parse().unwrap();
-        assert_eq!(canonical_peer(mapped), "10.1.2.3:80".parse().unwrap());
-        let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
-        assert_eq!(canonical_peer(v6), v6);
     }
 }

@@ -1,0 +1,365 @@
+//! One accepted connection, from the TCP stream to its last response: connection limit, TLS
+//! handshake, the choice of HTTP/1.1 or HTTP/2, the head watchdog and graceful shutdown.
+//!
+//! **Protocol.** Over TLS, ALPN decides (`h2` or HTTP/1.1). In the clear, the first bytes
+//! decide: the HTTP/2 preface means prior-knowledge h2c, anything else HTTP/1.1. Each protocol
+//! is then served by hyper's own connection type, without a sniffing wrapper around the IO.
+//!
+//! **Head watchdog.** `header_timeout` bounds how long an HTTP/1 connection may sit without a
+//! request in progress: from accept (or the end of the TLS handshake) and from the end of each
+//! response until the next request's head is complete. It cuts off clients that send headers
+//! slowly and closes idle keep-alive connections. hyper has this built in
+//! (`header_read_timeout`), but it arms and drops a boxed timer for every request, which cost
+//! about 20% of the requests/s of `/healthz` (bench/gateway). Here each connection keeps one
+//! timer that fires at most once per `header_timeout`; a request only stores an instant. HTTP/2
+//! connections have no head watchdog (hyper has none either); the request timeout applies.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::LimitsConfig;
+use crate::service::{ConnectionService, ListenerApp};
+use crate::tls::LoadedTls;
+
+/// What every worker shares about one listener.
+pub(crate) struct Listener {
+    tls: Option<TlsAcceptor>,
+    app: Arc<ListenerApp>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    slots: Arc<Semaphore>,
+    header_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+impl Listener {
+    pub(crate) fn new(app: ListenerApp, tls: Option<LoadedTls>, limits: &LimitsConfig) -> Self {
+        Listener {
+            tls: tls.map(|loaded| TlsAcceptor::from(loaded.server_config)),
+            app: Arc::new(app),
+            http1: http1_builder(limits),
+            http2: http2_builder(limits),
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            header_timeout: limits.header_timeout,
+        }
+    }
+
+    /// Serves one accepted connection until it ends or, after `stop`, drains.
+    pub(crate) async fn connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) {
+        let accepted = Instant::now();
+        let _ = stream.set_nodelay(true);
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        let service = ConnectionService::new(self.app.clone(), canonical_peer(peer))
+            .overloaded(permit.is_none());
+        match &self.tls {
+            None => {
+                let clock = Arc::new(HeadClock::starting_at(accepted));
+                let sniffed = with_watchdog(&clock, self.header_timeout, sniff(&stream)).await;
+                match sniffed {
+                    Some(Ok(protocol)) => {
+                        self.serve(TokioIo::new(stream), protocol, service, clock, stop)
+                            .await
+                    }
+                    Some(Err(error)) => tracing::debug!(%peer, %error, "reading the preface"),
+                    None => tracing::debug!(%peer, "no request within the header timeout"),
+                }
+            }
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(self.header_timeout, acceptor.accept(stream));
+                match handshake.await {
+                    Ok(Ok(tls)) => {
+                        let protocol = match tls.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Protocol::Http2,
+                            _ => Protocol::Http1,
+                        };
+                        let clock = Arc::new(HeadClock::starting_at(Instant::now()));
+                        self.serve(TokioIo::new(tls), protocol, service, clock, stop)
+                            .await
+                    }
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        }
+        drop(permit);
+    }
+
+    async fn serve<I>(
+        &self,
+        io: TokioIo<I>,
+        protocol: Protocol,
+        service: ConnectionService,
+        clock: Arc<HeadClock>,
+        stop: watch::Receiver<bool>,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = service.peer();
+        let ended = match protocol {
+            Protocol::Http1 => {
+                let service = service.with_head_clock(clock.clone());
+                let connection = self.http1.serve_connection(io, service);
+                let watchdog = watchdog(&clock, self.header_timeout);
+                drive(connection, |c| c.graceful_shutdown(), watchdog, stop).await
+            }
+            Protocol::Http2 => {
+                let connection = self.http2.serve_connection(io, service);
+                let no_watchdog = std::future::pending();
+                drive(connection, |c| c.graceful_shutdown(), no_watchdog, stop).await
+            }
+        };
+        match ended {
+            Ended::Closed(Ok(())) => {}
+            Ended::Closed(Err(error)) => {
+                tracing::debug!(%peer, %error, "connection ended with an error")
+            }
+            Ended::HeadTimeout => tracing::debug!(%peer, "no request head within the timeout"),
+        }
+    }
+}
+
+enum Ended {
+    Closed(hyper::Result<()>),
+    HeadTimeout,
+}
+
+/// Runs `connection` until it ends, the watchdog fires (the connection is dropped, which
+/// closes it) or shutdown is asked for (then `graceful` is called and the connection gets
+/// to finish, still under the watchdog).
+async fn drive<C>(
+    connection: C,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    watchdog: impl Future<Output = ()>,
+    mut stop: watch::Receiver<bool>,
+) -> Ended
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    tokio::pin!(connection);
+    tokio::pin!(watchdog);
+    tokio::select! {
+        biased;
+        result = connection.as_mut() => return Ended::Closed(result),
+        _ = watchdog.as_mut() => return Ended::HeadTimeout,
+        _ = stopped(&mut stop) => graceful(connection.as_mut()),
+    }
+    tokio::select! {
+        biased;
+        result = connection => Ended::Closed(result),
+        _ = watchdog => Ended::HeadTimeout,
+    }
+}
+
+/// Completes once shutdown was asked for (at once if it already was).
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await: drop it here.
+    let _ = stop.wait_for(|stopped| *stopped).await.is_ok();
+}
+
+/// `work`, unless the watchdog fires first (then `None`).
+async fn with_watchdog<T>(
+    clock: &HeadClock,
+    limit: Duration,
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        done = work => Some(done),
+        _ = watchdog(clock, limit) => None,
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// HTTP/2 when the client opens with the h2 preface, else HTTP/1.1 (read without consuming).
+async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
+    let mut start = [0u8; H2_PREFACE.len()];
+    loop {
+        let seen = stream.peek(&mut start).await?;
+        match preface_match(&start[..seen]) {
+            Some(protocol) => return Ok(protocol),
+            // A preface cut short: peek answers at once while data waits, so pause instead
+            // of spinning until the rest arrives.
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// What the first bytes of a cleartext connection say; `None` while they may still be the
+/// start of the HTTP/2 preface. No bytes (the client closed) is HTTP/1, which sees the EOF.
+fn preface_match(seen: &[u8]) -> Option<Protocol> {
+    if seen.is_empty() || seen != &H2_PREFACE[..seen.len()] {
+        Some(Protocol::Http1)
+    } else if seen.len() == H2_PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        None
+    }
+}
+
+/// When an HTTP/1 connection last had no request in progress, for the head watchdog.
+pub(crate) struct HeadClock {
+    origin: Instant,
+    in_progress: AtomicU32,
+    /// Nanoseconds after `origin` at which the connection last became idle.
+    idle_since: AtomicU64,
+}
+
+impl HeadClock {
+    fn starting_at(origin: Instant) -> Self {
+        HeadClock {
+            origin,
+            in_progress: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Since when the connection has been waiting for a request head; `None` while one is
+    /// being answered.
+    fn idle_since(&self) -> Option<Instant> {
+        if self.in_progress.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(self.origin + Duration::from_nanos(self.idle_since.load(Ordering::Relaxed)))
+    }
+}
+
+/// A request in progress on a connection with a head clock: from the complete head to the
+/// end (or drop) of its response body.
+pub(crate) struct InProgress(Arc<HeadClock>);
+
+impl InProgress {
+    pub(crate) fn begin(clock: &Arc<HeadClock>) -> Self {
+        clock.in_progress.fetch_add(1, Ordering::Relaxed);
+        InProgress(clock.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        let clock = &self.0;
+        if clock.in_progress.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let since = u64::try_from(clock.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            clock.idle_since.store(since, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Completes when the connection has waited `limit` for a request head. One timer, moved
+/// forward when it finds a request in progress or a later idle start.
+async fn watchdog(clock: &HeadClock, limit: Duration) {
+    let first = clock.idle_since().unwrap_or_else(Instant::now) + limit;
+    let timer = tokio::time::sleep_until(first);
+    tokio::pin!(timer);
+    loop {
+        timer.as_mut().await;
+        let now = Instant::now();
+        let deadline = clock.idle_since().unwrap_or(now) + limit;
+        if deadline <= now {
+            return;
+        }
+        timer.as_mut().reset(deadline);
+    }
+}
+
+/// An IPv4 client of a dual-stack socket arrives as `::ffff:a.b.c.d`: services and logs see
+/// it as the IPv4 address it is.
+fn canonical_peer(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
+/// HTTP/1.1: keep-alive, the header size limit (hyper answers 431 over it) and one write per
+/// response (`writev(false)`: hyper copies a small body after the head; measured faster on
+/// loopback than a two-part `writev`).
+fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true)
+        .writev(false);
+    builder
+}
+
+fn http2_builder(limits: &LimitsConfig) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mapped_peers_become_ipv4() {
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:80".parse().unwrap();
+        assert_eq!(canonical_peer(mapped), "10.1.2.3:80".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        assert_eq!(canonical_peer(v6), v6);
+    }
+
+    #[test]
+    fn the_first_bytes_choose_the_protocol() {
+        assert_eq!(preface_match(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        assert_eq!(preface_match(b"P"), None);
+        assert_eq!(preface_match(b"PRI * HTTP/2.0"), None);
+        assert_eq!(preface_match(b"POST /"), Some(Protocol::Http1));
+        assert_eq!(preface_match(H2_PREFACE), Some(Protocol::Http2));
+        assert_eq!(preface_match(b""), Some(Protocol::Http1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_waits_for_idle_time_not_busy_time() {
+        let clock = Arc::new(HeadClock::starting_at(Instant::now()));
+        let limit = Duration::from_secs(10);
+        let watch = tokio::spawn({
+            let clock = clock.clone();
+            async move { watchdog(&clock, limit).await }
+        });
+        // A request from 5 s to 25 s, then idle: the deadline is 35 s.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let request = InProgress::begin(&clock);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(
+            !watch.is_finished(),
+            "fired while a request was in progress"
+        );
+        drop(request);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(
+            !watch.is_finished(),
+            "fired before the idle time reached the limit"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(watch.is_finished(), "did not fire after the limit");
+    }
+}

@@ -1,0 +1,239 @@
+//! The service hyper calls for every request of a connection: the gateway's layer (request
+//! id, body-size limit, request timeout, metrics, access log), then the answer.
+//!
+//! It is written by hand rather than as tower layers around the router: every `from_fn`
+//! layer boxes a future and clones the inner service per request, and the request timeout
+//! armed a timer per request. Here a request costs one small future; the timeout timer is
+//! only made when a service does not answer at once; `/healthz` (`GET`/`HEAD`), the refusals
+//! (413, and 503 past `max_connections`) are answered without the router; everything else
+//! goes to the listener's axum router with `ConnectInfo` and `RequestId` attached.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::response::Response;
+use axum::routing::future::RouteFuture;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+use tower::Service as _;
+
+use crate::access_log::{AccessRecord, GatewayBody};
+use crate::app::{error_response, json_response};
+use crate::connection::{HeadClock, InProgress};
+use crate::logging;
+use crate::middleware::{
+    duration_text, over_body_limit, record_metrics, request_id, RequestId, ServiceTag, REQUEST_ID,
+};
+
+/// What the gateway enforces on every request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// Everything a listener answers with, shared by its connections on every worker.
+pub(crate) struct ListenerApp {
+    /// The mounted services, `/healthz` for other methods, and the 404 fallback.
+    pub router: axum::Router,
+    /// The body of `/healthz` (which names the mounted services).
+    pub healthz: Bytes,
+    pub limits: Limits,
+    /// The service name of the gateway's own answers.
+    pub gateway: ServiceTag,
+}
+
+/// The service of one connection.
+#[derive(Clone)]
+pub(crate) struct ConnectionService {
+    app: Arc<ListenerApp>,
+    peer: SocketAddr,
+    head_clock: Option<Arc<HeadClock>>,
+    overloaded: bool,
+}
+
+impl ConnectionService {
+    pub(crate) fn new(app: Arc<ListenerApp>, peer: SocketAddr) -> Self {
+        ConnectionService {
+            app,
+            peer,
+            head_clock: None,
+            overloaded: false,
+        }
+    }
+
+    /// A connection over `max_connections`: every request gets 503 and the connection closes.
+    pub(crate) fn overloaded(mut self, overloaded: bool) -> Self {
+        self.overloaded = overloaded;
+        self
+    }
+
+    /// Marks each request as in progress on `clock` until its response body ends.
+    pub(crate) fn with_head_clock(mut self, clock: Arc<HeadClock>) -> Self {
+        self.head_clock = Some(clock);
+        self
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn answer(&self, mut request: Request<Incoming>, id: &HeaderValue) -> Answer {
+        if self.overloaded {
+            return Answer::Ready(Some((overloaded_response(), None)));
+        }
+        let limit = self.app.limits.max_body_bytes;
+        if let Some(refusal) = over_body_limit(request.headers(), limit) {
+            return Answer::Ready(Some((refusal, None)));
+        }
+        if is_healthz(&request) {
+            let response = json_response(StatusCode::OK, self.app.healthz.clone());
+            return Answer::Ready(Some((response, Some(self.app.gateway.clone()))));
+        }
+        let extensions = request.extensions_mut();
+        extensions.insert(ConnectInfo(self.peer));
+        extensions.insert(RequestId(id.clone()));
+        Answer::Routed(self.app.router.clone().call(request))
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnectionService {
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = GatewayFuture;
+
+    fn call(&self, request: Request<Incoming>) -> GatewayFuture {
+        let start = Instant::now();
+        let in_progress = self.head_clock.as_ref().map(InProgress::begin);
+        let id = request_id(request.headers());
+        let record = logging::access_log_enabled()
+            .then(|| AccessRecord::new(self.peer, &request, &id, start.into_std()));
+        let answer = self.answer(request, &id);
+        GatewayFuture {
+            answer,
+            timer: None,
+            request: Some(InFlight {
+                start,
+                id,
+                record,
+                in_progress,
+                timeout: self.app.limits.request_timeout,
+            }),
+        }
+    }
+}
+
+fn is_healthz(request: &Request<Incoming>) -> bool {
+    request.uri().path() == "/healthz"
+        && (request.method() == Method::GET || request.method() == Method::HEAD)
+}
+
+/// What a connection over `max_connections` gets: 503 and `Connection: close`.
+fn overloaded_response() -> Response {
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many connections: try again later",
+    );
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+enum Answer {
+    /// Made by the gateway itself, with the service it counts as.
+    Ready(Option<(Response, Option<ServiceTag>)>),
+    Routed(RouteFuture<Infallible>),
+}
+
+/// What the layer keeps about a request until its response head is ready.
+struct InFlight {
+    start: Instant,
+    id: HeaderValue,
+    record: Option<AccessRecord>,
+    in_progress: Option<InProgress>,
+    timeout: Duration,
+}
+
+/// The response future of one request.
+pub(crate) struct GatewayFuture {
+    answer: Answer,
+    /// The request timeout, armed when the service first answers `Pending`.
+    timer: Option<Pin<Box<Sleep>>>,
+    request: Option<InFlight>,
+}
+
+impl Future for GatewayFuture {
+    type Output = Result<Response<GatewayBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let (response, service) = match &mut this.answer {
+            Answer::Ready(ready) => ready.take().unwrap_or_else(polled_again),
+            Answer::Routed(future) => match Pin::new(future).poll(cx) {
+                Poll::Ready(Ok(response)) => {
+                    let service = response.extensions().get::<ServiceTag>().cloned();
+                    (response, service)
+                }
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => match this.timed_out(cx) {
+                    Some(response) => (response, None),
+                    None => return Poll::Pending,
+                },
+            },
+        };
+        Poll::Ready(Ok(this.finish(response, service)))
+    }
+}
+
+impl GatewayFuture {
+    /// The 504 once the request timeout has passed; arms the timer on first use.
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> Option<Response> {
+        let request = self.request.as_ref()?;
+        let timeout = request.timeout;
+        let deadline = request.start + timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().poll(cx).is_ready().then(|| {
+            error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "the service did not answer within {}",
+                    duration_text(timeout)
+                ),
+            )
+        })
+    }
+
+    /// Request id header, metrics, and the body that writes the access-log line when it ends.
+    fn finish(
+        &mut self,
+        mut response: Response,
+        service: Option<ServiceTag>,
+    ) -> Response<GatewayBody> {
+        let Some(request) = self.request.take() else {
+            return response.map(|body| GatewayBody::new(body, None, None));
+        };
+        let status = response.status();
+        response.headers_mut().insert(REQUEST_ID, request.id);
+        record_metrics(service.as_ref(), status, request.start.elapsed());
+        let record = request.record.map(|record| record.finish(service, status));
+        response.map(|body| GatewayBody::new(body, record, request.in_progress))
+    }
+}
+
+/// A future polled after it completed is a bug in its caller; answer 500 rather than panic.
+fn polled_again() -> (Response, Option<ServiceTag>) {
+    tracing::error!("a gateway response future was polled after completion");
+    let response = error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    (response, None)
+}
