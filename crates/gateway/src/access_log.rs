@@ -112,11 +112,48 @@ fn write_timestamp(line: &mut String) {
     let _ = write!(line, ".{:03}Z", now.millisecond());
 }
 
+/// A response body: bytes the gateway made itself (no boxing), or a service's body.
+pub(crate) enum Payload {
+    Fixed(Option<Bytes>),
+    Service(Body),
+}
+
+impl HttpBody for Payload {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        match self.get_mut() {
+            Payload::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Payload::Service(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Payload::Fixed(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
+            Payload::Service(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Payload::Fixed(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Payload::Service(body) => body.size_hint(),
+        }
+    }
+}
+
 /// The response body hyper sends: the service's body, counted, writing the access-log line
 /// and ending the request's `InProgress` mark when it is dropped (after its last byte, or
 /// when the client went away first).
 pub(crate) struct GatewayBody {
-    inner: Body,
+    inner: Payload,
     sent: u64,
     ended: bool,
     /// A body of known size is logged with that size, complete (hyper sends it whole or the
@@ -128,7 +165,7 @@ pub(crate) struct GatewayBody {
 
 impl GatewayBody {
     pub(crate) fn new(
-        inner: Body,
+        inner: Payload,
         record: Option<AccessRecord>,
         in_progress: Option<InProgress>,
     ) -> Self {

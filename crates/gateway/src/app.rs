@@ -17,6 +17,7 @@ use tower::util::MapResponseLayer;
 
 use crate::config::{LimitsConfig, ListenerConfig};
 use crate::middleware::ServiceTag;
+use crate::request_metrics;
 use crate::service::{Limits, ListenerApp};
 use crate::ADMIN;
 
@@ -142,7 +143,8 @@ async fn readyz(ready: Arc<AtomicBool>) -> Response {
 }
 
 async fn metrics_text() -> Response {
-    let text = metrics_handle().render();
+    let mut text = metrics_handle().render();
+    text.push_str(&request_metrics::render());
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4");
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }

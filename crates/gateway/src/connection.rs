@@ -24,8 +24,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
 use crate::config::LimitsConfig;
 use crate::service::{ConnectionService, ListenerApp};
@@ -59,31 +61,46 @@ impl Listener {
         }
     }
 
-    /// Serves one accepted connection until it ends or, after `stop`, drains.
-    pub(crate) async fn connection(
-        &self,
+    /// Serves one accepted connection until it ends or, after `stop`, drains; the head
+    /// watchdog runs beside it (see the module doc).
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
         stop: watch::Receiver<bool>,
+        connections: &TaskTracker,
     ) {
-        let accepted = Instant::now();
+        let clock = Arc::new(HeadClock::starting_at(Instant::now()));
+        let listener = self.clone();
+        let limit = self.header_timeout;
+        connections.spawn(async move {
+            let served = tokio::spawn({
+                let clock = clock.clone();
+                async move { listener.connection(stream, peer, clock, stop).await }
+            });
+            guard_with_watchdog(served, &clock, limit, peer).await;
+        });
+    }
+
+    async fn connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        clock: Arc<HeadClock>,
+        stop: watch::Receiver<bool>,
+    ) {
         let _ = stream.set_nodelay(true);
         let permit = self.slots.clone().try_acquire_owned().ok();
         let service = ConnectionService::new(self.app.clone(), canonical_peer(peer))
             .overloaded(permit.is_none());
         match &self.tls {
-            None => {
-                let clock = Arc::new(HeadClock::starting_at(accepted));
-                let sniffed = with_watchdog(&clock, self.header_timeout, sniff(&stream)).await;
-                match sniffed {
-                    Some(Ok(protocol)) => {
-                        self.serve(TokioIo::new(stream), protocol, service, clock, stop)
-                            .await
-                    }
-                    Some(Err(error)) => tracing::debug!(%peer, %error, "reading the preface"),
-                    None => tracing::debug!(%peer, "no request within the header timeout"),
+            None => match sniff(&stream).await {
+                Ok(protocol) => {
+                    self.serve(TokioIo::new(stream), protocol, service, clock, stop)
+                        .await
                 }
-            }
+                Err(error) => tracing::debug!(%peer, %error, "reading the preface"),
+            },
             Some(acceptor) => {
                 let handshake = tokio::time::timeout(self.header_timeout, acceptor.accept(stream));
                 match handshake.await {
@@ -92,7 +109,7 @@ impl Listener {
                             Some(b"h2") => Protocol::Http2,
                             _ => Protocol::Http1,
                         };
-                        let clock = Arc::new(HeadClock::starting_at(Instant::now()));
+                        clock.restart();
                         self.serve(TokioIo::new(tls), protocol, service, clock, stop)
                             .await
                     }
@@ -115,78 +132,67 @@ impl Listener {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = service.peer();
-        let ended = match protocol {
+        let result = match protocol {
             Protocol::Http1 => {
-                let service = service.with_head_clock(clock.clone());
+                let service = service.with_head_clock(clock);
                 let connection = self.http1.serve_connection(io, service);
-                let watchdog = watchdog(&clock, self.header_timeout);
-                drive(connection, |c| c.graceful_shutdown(), watchdog, stop).await
+                drive(connection, |c| c.graceful_shutdown(), stop).await
             }
             Protocol::Http2 => {
+                // No head watchdog for HTTP/2: the connection counts as busy for its life.
+                let _busy = InProgress::begin(&clock);
                 let connection = self.http2.serve_connection(io, service);
-                let no_watchdog = std::future::pending();
-                drive(connection, |c| c.graceful_shutdown(), no_watchdog, stop).await
+                drive(connection, |c| c.graceful_shutdown(), stop).await
             }
         };
-        match ended {
-            Ended::Closed(Ok(())) => {}
-            Ended::Closed(Err(error)) => {
-                tracing::debug!(%peer, %error, "connection ended with an error")
-            }
-            Ended::HeadTimeout => tracing::debug!(%peer, "no request head within the timeout"),
+        if let Err(error) = result {
+            tracing::debug!(%peer, %error, "connection ended with an error");
         }
     }
 }
 
-enum Ended {
-    Closed(hyper::Result<()>),
-    HeadTimeout,
+/// Waits for the connection task `served`; if the head watchdog fires first, aborts it
+/// (which drops the connection and closes its socket) and waits for that. The connection's
+/// own task never polls the watchdog, so requests do not pay for it.
+async fn guard_with_watchdog(
+    mut served: JoinHandle<()>,
+    clock: &HeadClock,
+    limit: Duration,
+    peer: SocketAddr,
+) {
+    tokio::select! {
+        _ = &mut served => {}
+        _ = watchdog(clock, limit) => {
+            tracing::debug!(%peer, "no request head within the header timeout: closing");
+            served.abort();
+            let _ = served.await;
+        }
+    }
 }
 
-/// Runs `connection` until it ends, the watchdog fires (the connection is dropped, which
-/// closes it) or shutdown is asked for (then `graceful` is called and the connection gets
-/// to finish, still under the watchdog).
+/// Runs `connection` until it ends or shutdown is asked for; then calls `graceful` and lets
+/// the connection finish.
 async fn drive<C>(
     connection: C,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
-    watchdog: impl Future<Output = ()>,
     mut stop: watch::Receiver<bool>,
-) -> Ended
+) -> hyper::Result<()>
 where
     C: Future<Output = hyper::Result<()>>,
 {
     tokio::pin!(connection);
-    tokio::pin!(watchdog);
     tokio::select! {
         biased;
-        result = connection.as_mut() => return Ended::Closed(result),
-        _ = watchdog.as_mut() => return Ended::HeadTimeout,
+        result = connection.as_mut() => return result,
         _ = stopped(&mut stop) => graceful(connection.as_mut()),
     }
-    tokio::select! {
-        biased;
-        result = connection => Ended::Closed(result),
-        _ = watchdog => Ended::HeadTimeout,
-    }
+    connection.await
 }
 
 /// Completes once shutdown was asked for (at once if it already was).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across an await: drop it here.
     let _ = stop.wait_for(|stopped| *stopped).await.is_ok();
-}
-
-/// `work`, unless the watchdog fires first (then `None`).
-async fn with_watchdog<T>(
-    clock: &HeadClock,
-    limit: Duration,
-    work: impl Future<Output = T>,
-) -> Option<T> {
-    tokio::select! {
-        biased;
-        done = work => Some(done),
-        _ = watchdog(clock, limit) => None,
-    }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -234,6 +240,16 @@ impl HeadClock {
         }
     }
 
+    /// Starts the idle time again (after the TLS handshake, which has its own timeout).
+    fn restart(&self) {
+        self.idle_since
+            .store(self.nanos_since_origin(), Ordering::Relaxed);
+    }
+
+    fn nanos_since_origin(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Since when the connection has been waiting for a request head; `None` while one is
     /// being answered.
     fn idle_since(&self) -> Option<Instant> {
@@ -259,8 +275,7 @@ impl Drop for InProgress {
     fn drop(&mut self) {
         let clock = &self.0;
         if clock.in_progress.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let since = u64::try_from(clock.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            clock.idle_since.store(since, Ordering::Relaxed);
+            clock.restart();
         }
     }
 }

@@ -13,6 +13,7 @@ mod connection;
 pub mod logging;
 mod middleware;
 pub mod privilege;
+mod request_metrics;
 pub mod rotate;
 pub mod server;
 mod service;

@@ -1,13 +1,12 @@
-//! The gateway's per-request rules, used by `service`: the request id, the body-size limit,
-//! the text of durations in error messages, and the metrics per service and status.
+//! The gateway's per-request rules, used by `service`: the request id, the body-size limit
+//! and the text of durations in error messages.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 
 use crate::app::error_response;
@@ -26,7 +25,7 @@ impl ServiceTag {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
 
-pub(crate) const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The client's `X-Request-Id` when it is sane, else a new one.
 pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -40,21 +39,47 @@ pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
+/// `PPPPPPPP-N`: a random per-process prefix in hex and a number unique in the process.
 fn new_request_id() -> HeaderValue {
-    static PREFIX: OnceLock<u32> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(rand::random::<u32>);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::try_from(format!("{prefix:08x}-{n}")).expect("hex and digits are valid")
+    static PREFIX: OnceLock<[u8; 9]> = OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let mut text = [b'-'; 9];
+        let hex = format!("{:08x}", rand::random::<u32>());
+        text[..8].copy_from_slice(hex.as_bytes());
+        text
+    });
+    let mut digits = itoa::Buffer::new();
+    let number = digits.format(next_request_number()).as_bytes();
+    let mut text = [0u8; 9 + 20];
+    text[..9].copy_from_slice(prefix);
+    text[9..9 + number.len()].copy_from_slice(number);
+    HeaderValue::from_bytes(&text[..9 + number.len()])
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// 413 for a declared `Content-Length` over the limit; chunked bodies are cut by the
-/// `DefaultBodyLimit` that extractors obey.
-pub(crate) fn over_body_limit(headers: &HeaderMap, limit: usize) -> Option<Response> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<u64>().ok())?;
+/// Request numbers are handed to each thread in blocks, so workers do not contend for one
+/// counter on every request; numbers are unique, not ordered across workers.
+fn next_request_number() -> u64 {
+    const BLOCK: u64 = 1024;
+    static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static RANGE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    }
+    RANGE.with(|range| {
+        let (mut next, mut end) = range.get();
+        if next == end {
+            next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
+            end = next + BLOCK;
+        }
+        range.set((next + 1, end));
+        next
+    })
+}
+
+/// 413 for a body whose declared length (`Content-Length`, as hyper parsed it) is over the
+/// limit; chunked bodies are cut by the `DefaultBodyLimit` that extractors obey.
+pub(crate) fn over_body_limit(declared: Option<u64>, limit: usize) -> Option<Response> {
+    let declared = declared?;
     (declared > limit as u64).then(|| {
         error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -71,38 +96,46 @@ pub(crate) fn duration_text(duration: Duration) -> String {
     }
 }
 
-type MetricKey = (usize, u16);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
 
-thread_local! {
-    /// Handles by (service tag address, status): building a labelled key per request was a
-    /// visible cost. Tags live as long as the router, so their addresses are stable.
-    static COUNTERS: RefCell<HashMap<MetricKey, metrics::Counter>> = RefCell::new(HashMap::new());
-    static DURATIONS: RefCell<HashMap<usize, metrics::Histogram>> = RefCell::new(HashMap::new());
-}
+    #[test]
+    fn new_request_ids_are_unique_across_threads_and_well_formed() {
+        let per_thread: Vec<Vec<String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..3000)
+                            .map(|_| new_request_id().to_str().unwrap().to_owned())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let all: Vec<&String> = per_thread.iter().flatten().collect();
+        let unique: HashSet<&&String> = all.iter().collect();
+        assert_eq!(unique.len(), all.len(), "duplicate request ids");
+        let prefix = &all[0][..9];
+        for id in &all {
+            let (hex, number) = id.split_once('-').unwrap();
+            assert!(
+                hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+            assert!(number.parse::<u64>().is_ok(), "{id}");
+            assert_eq!(&id[..9], prefix, "one prefix per process");
+        }
+    }
 
-pub(crate) fn record_metrics(service: Option<&ServiceTag>, status: StatusCode, elapsed: Duration) {
-    let name: &str = service.map(|s| &*s.0).unwrap_or("none");
-    let address = service
-        .map(|s| Arc::as_ptr(&s.0) as *const u8 as usize)
-        .unwrap_or(0);
-    COUNTERS.with_borrow_mut(|counters| {
-        counters
-            .entry((address, status.as_u16()))
-            .or_insert_with(|| {
-                metrics::counter!(
-                    "portico_http_requests_total",
-                    "service" => name.to_owned(),
-                    "status" => status.as_str().to_owned()
-                )
-            })
-            .increment(1)
-    });
-    DURATIONS.with_borrow_mut(|durations| {
-        durations
-            .entry(address)
-            .or_insert_with(|| {
-                metrics::histogram!("portico_http_request_duration_seconds", "service" => name.to_owned())
-            })
-            .record(elapsed.as_secs_f64())
-    });
+    #[test]
+    fn a_sane_client_request_id_is_kept_and_a_bad_one_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&headers), "has space");
+    }
 }

@@ -150,7 +150,12 @@ fn bind_listener(
     let addr = first.local_addr().map_err(bind_error)?;
     let mut sockets = vec![first];
     for _ in 1..workers {
-        sockets.push(bind_tcp(addr).map_err(bind_error)?);
+        let socket = if std::env::var_os("PORTICO_REUSEPORT").is_some() {
+            bind_tcp(addr)
+        } else {
+            sockets[0].try_clone()
+        };
+        sockets.push(socket.map_err(bind_error)?);
     }
     let tls = match &listener.tls {
         Some(tls_config) => Some(tls::load(tls_config, &config.data_dir)?),
@@ -202,8 +207,11 @@ fn spawn_worker(
     let spawned = std::thread::Builder::new()
         .name(format!("portico-worker-{index}"))
         .spawn(move || {
+            // I/O and timers only: signals and child processes are the main runtime's, and
+            // their drivers would be checked on every park.
             let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
+                .enable_time()
                 .build()
             {
                 Ok(runtime) => runtime,
@@ -246,6 +254,7 @@ async fn serve_worker(
     stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
+    let stop = worker_stop(stop);
     let connections = TaskTracker::new();
     let mut loops = Vec::new();
     for (socket, listener) in sockets {
@@ -271,6 +280,17 @@ async fn serve_worker(
     }
 }
 
+/// A stop signal of this worker's own, set when `global` is: connections poll it on every
+/// wake-up, and a channel shared by all workers would bounce between cores.
+fn worker_stop(mut global: watch::Receiver<bool>) -> watch::Receiver<bool> {
+    let (local, receiver) = watch::channel(false);
+    tokio::spawn(async move {
+        stopped(&mut global).await;
+        let _ = local.send(true);
+    });
+    receiver
+}
+
 async fn accept_loop(
     socket: TcpListener,
     listener: Arc<Listener>,
@@ -280,11 +300,7 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = socket.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let listener = listener.clone();
-                    let stop = stop.clone();
-                    connections.spawn(async move { listener.connection(stream, peer, stop).await });
-                }
+                Ok((stream, peer)) => listener.spawn(stream, peer, stop.clone(), &connections),
                 // Out of file descriptors and the like: back off instead of spinning.
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");

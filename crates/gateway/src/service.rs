@@ -17,21 +17,23 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use bytes::Bytes;
+use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tower::Service as _;
 
-use crate::access_log::{AccessRecord, GatewayBody};
-use crate::app::{error_response, json_response};
+use crate::access_log::{AccessRecord, GatewayBody, Payload};
+use crate::app::error_response;
 use crate::connection::{HeadClock, InProgress};
 use crate::logging;
 use crate::middleware::{
-    duration_text, over_body_limit, record_metrics, request_id, RequestId, ServiceTag, REQUEST_ID,
+    duration_text, over_body_limit, request_id, RequestId, ServiceTag, REQUEST_ID,
 };
+use crate::request_metrics;
 
 /// What the gateway enforces on every request.
 #[derive(Debug, Clone, Copy)]
@@ -88,15 +90,16 @@ impl ConnectionService {
 
     fn answer(&self, mut request: Request<Incoming>, id: &HeaderValue) -> Answer {
         if self.overloaded {
-            return Answer::Ready(Some((overloaded_response(), None)));
+            return Answer::ready(overloaded_response().map(Payload::Service), None);
         }
         let limit = self.app.limits.max_body_bytes;
-        if let Some(refusal) = over_body_limit(request.headers(), limit) {
-            return Answer::Ready(Some((refusal, None)));
+        let declared = request.body().size_hint().exact();
+        if let Some(refusal) = over_body_limit(declared, limit) {
+            return Answer::ready(refusal.map(Payload::Service), None);
         }
         if is_healthz(&request) {
-            let response = json_response(StatusCode::OK, self.app.healthz.clone());
-            return Answer::Ready(Some((response, Some(self.app.gateway.clone()))));
+            let response = healthz_response(self.app.healthz.clone());
+            return Answer::ready(response, Some(self.app.gateway.clone()));
         }
         let extensions = request.extensions_mut();
         extensions.insert(ConnectInfo(self.peer));
@@ -150,8 +153,24 @@ fn overloaded_response() -> Response {
 
 enum Answer {
     /// Made by the gateway itself, with the service it counts as.
-    Ready(Option<(Response, Option<ServiceTag>)>),
+    Ready(Option<(Response<Payload>, Option<ServiceTag>)>),
     Routed(RouteFuture<Infallible>),
+}
+
+impl Answer {
+    fn ready(response: Response<Payload>, service: Option<ServiceTag>) -> Self {
+        Answer::Ready(Some((response, service)))
+    }
+}
+
+/// `/healthz`: its JSON, without a boxed body.
+fn healthz_response(body: Bytes) -> Response<Payload> {
+    let mut response = Response::new(Payload::Fixed(Some(body)));
+    // Room for this and the request id: no growing on insert.
+    *response.headers_mut() = HeaderMap::with_capacity(2);
+    let json = HeaderValue::from_static("application/json");
+    response.headers_mut().insert(header::CONTENT_TYPE, json);
+    response
 }
 
 /// What the layer keeps about a request until its response head is ready.
@@ -181,11 +200,11 @@ impl Future for GatewayFuture {
             Answer::Routed(future) => match Pin::new(future).poll(cx) {
                 Poll::Ready(Ok(response)) => {
                     let service = response.extensions().get::<ServiceTag>().cloned();
-                    (response, service)
+                    (response.map(Payload::Service), service)
                 }
                 Poll::Ready(Err(never)) => match never {},
                 Poll::Pending => match this.timed_out(cx) {
-                    Some(response) => (response, None),
+                    Some(response) => (response.map(Payload::Service), None),
                     None => return Poll::Pending,
                 },
             },
@@ -217,7 +236,7 @@ impl GatewayFuture {
     /// Request id header, metrics, and the body that writes the access-log line when it ends.
     fn finish(
         &mut self,
-        mut response: Response,
+        mut response: Response<Payload>,
         service: Option<ServiceTag>,
     ) -> Response<GatewayBody> {
         let Some(request) = self.request.take() else {
@@ -225,15 +244,15 @@ impl GatewayFuture {
         };
         let status = response.status();
         response.headers_mut().insert(REQUEST_ID, request.id);
-        record_metrics(service.as_ref(), status, request.start.elapsed());
+        request_metrics::record(service.as_ref(), status.as_u16(), request.start.elapsed());
         let record = request.record.map(|record| record.finish(service, status));
         response.map(|body| GatewayBody::new(body, record, request.in_progress))
     }
 }
 
 /// A future polled after it completed is a bug in its caller; answer 500 rather than panic.
-fn polled_again() -> (Response, Option<ServiceTag>) {
+fn polled_again() -> (Response<Payload>, Option<ServiceTag>) {
     tracing::error!("a gateway response future was polled after completion");
     let response = error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-    (response, None)
+    (response.map(Payload::Service), None)
 }
