@@ -1,12 +1,17 @@
 //! Binding listeners and serving connections.
 //!
 //! Like nginx, Portico serves with `workers` independent event loops (default: one per
-//! core), each a single-threaded tokio runtime on its own OS thread with its own listening
-//! socket per listener (`SO_REUSEPORT`, so the kernel spreads connections). A connection
-//! lives on one worker for its whole life: no work stealing and no cross-thread wake-ups on
-//! the hot path, which measured ~2x the throughput (50k -> 110k req/s) of one shared
-//! multi-threaded runtime on the 2-core bench machine (bench/gateway). Services' background
-//! tasks run on the main runtime; CPU-heavy work goes to `spawn_blocking` as everywhere.
+//! core), each a single-threaded tokio runtime on its own OS thread. A connection lives on
+//! one worker for its whole life: no work stealing and no cross-thread wake-ups on the hot
+//! path, which measured ~2x the throughput (50k -> 110k req/s) of one shared multi-threaded
+//! runtime on the 2-core bench machine (bench/gateway). Services' background tasks run on
+//! the main runtime; CPU-heavy work goes to `spawn_blocking` as everywhere.
+//!
+//! All workers accept from one listening socket per listener, as nginx does by default: a
+//! new connection goes to whichever worker is free to accept it, so a worker busy with a
+//! long request does not collect connections that wait behind it. `SO_REUSEPORT` (one
+//! socket and queue per worker, spread by a hash of the client's address) was measured
+//! too: no faster on the bench machine, and it lets a second server bind the same port.
 //!
 //! What happens on a connection is `connection`'s. On shutdown every worker stops accepting,
 //! asks its connections to finish (HTTP/1 closes after the in-flight response, HTTP/2 sends
@@ -51,7 +56,7 @@ impl ListenerInfo {
 struct BoundListener {
     config: ListenerConfig,
     addr: SocketAddr,
-    /// One socket per worker, all bound to `addr`.
+    /// The listening socket, once per worker (duplicated descriptors of one socket).
     sockets: Vec<std::net::TcpListener>,
     tls: Option<LoadedTls>,
 }
@@ -145,18 +150,13 @@ fn bind_listener(
             "not an address:port",
         ))
     })?;
-    let first = bind_tcp(wanted).map_err(bind_error)?;
-    // Port 0 picks a port: the other workers' sockets join that one.
-    let addr = first.local_addr().map_err(bind_error)?;
-    let mut sockets = vec![first];
-    for _ in 1..workers {
-        let socket = if std::env::var_os("PORTICO_REUSEPORT").is_some() {
-            bind_tcp(addr)
-        } else {
-            sockets[0].try_clone()
-        };
-        sockets.push(socket.map_err(bind_error)?);
-    }
+    let socket = bind_tcp(wanted).map_err(bind_error)?;
+    let addr = socket.local_addr().map_err(bind_error)?;
+    // Every worker accepts from the same socket (one accept queue; see the module doc).
+    let sockets = (0..workers)
+        .map(|_| socket.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bind_error)?;
     let tls = match &listener.tls {
         Some(tls_config) => Some(tls::load(tls_config, &config.data_dir)?),
         None => None,
@@ -169,8 +169,9 @@ fn bind_listener(
     })
 }
 
-/// Binds with `SO_REUSEADDR` and `SO_REUSEPORT`; an IPv6 wildcard is dual-stack (accepts
-/// IPv4 as v4-mapped addresses).
+/// Binds with `SO_REUSEADDR` (a restart need not wait for old connections in TIME_WAIT) but
+/// not `SO_REUSEPORT`, so a second server cannot silently share the port; an IPv6 wildcard
+/// is dual-stack (accepts IPv4 as v4-mapped addresses).
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
@@ -178,7 +179,6 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

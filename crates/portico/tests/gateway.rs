@@ -244,6 +244,82 @@ async fn a_silent_tls_client_is_dropped_after_the_timeout() {
 }
 
 #[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let server = Portico::builder(BIN)
+        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\n")
+        .toml("[limits]\nheader_timeout = \"1s\"\n")
+        .start()
+        .await
+        .unwrap();
+    let addr = server.addr();
+    let (answer, idle) = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        read_until_closed(&mut stream, Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_upload_is_not_cut_by_the_header_timeout() {
+    let server = Portico::builder(BIN)
+        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"messages\"]\n")
+        .toml("[limits]\nheader_timeout = \"1s\"\n")
+        .start()
+        .await
+        .unwrap();
+    let addr = server.addr();
+    let answer = tokio::task::spawn_blocking(move || {
+        let body = br#"{"message": "uploaded slowly"}"#;
+        let head = format!(
+            "POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        // The body takes about 2 s, twice the header timeout: the head was complete, so
+        // the request is in progress and only the request timeout applies.
+        for byte in body {
+            stream.write_all(&[*byte]).unwrap();
+            std::thread::sleep(Duration::from_millis(2000 / body.len() as u64));
+        }
+        read_until_closed(&mut stream, Duration::from_secs(5)).0
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+}
+
+#[tokio::test]
+async fn cleartext_http2_with_prior_knowledge_is_served() {
+    let server = Portico::builder(BIN)
+        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\n")
+        .start()
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let answer = client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 200);
+    assert!(answer.headers().contains_key("x-request-id"));
+    let http1 = reqwest::get(server.url("/healthz")).await.unwrap();
+    assert_eq!(http1.version(), reqwest::Version::HTTP_11);
+}
+
+#[tokio::test]
 async fn connections_over_the_limit_get_503() {
     let server = Portico::builder(BIN)
         .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\n")
