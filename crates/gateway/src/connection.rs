@@ -10,9 +10,12 @@
 //! response until the next request's head is complete. It cuts off clients that send headers
 //! slowly and closes idle keep-alive connections. hyper has this built in
 //! (`header_read_timeout`), but it arms and drops a boxed timer for every request, which cost
-//! about 20% of the requests/s of `/healthz` (bench/gateway). Here each connection keeps one
-//! timer that fires at most once per `header_timeout`; a request only stores an instant. HTTP/2
-//! connections have no head watchdog (hyper has none either); the request timeout applies.
+//! about 20% of the requests/s of `/healthz` (bench/gateway). Here a small task beside each
+//! connection's own holds one timer that fires at most once per `header_timeout` and, when the
+//! connection has been waiting for a head that long, aborts the connection's task (closing the
+//! socket). A request only marks itself in progress and stores an instant when it ends, and
+//! the connection's task never polls the timer. HTTP/2 connections have no head watchdog
+//! (hyper has none either); the request timeout applies.
 
 use std::future::Future;
 use std::net::SocketAddr;
