@@ -104,7 +104,7 @@ impl ConnectionService {
         let extensions = request.extensions_mut();
         extensions.insert(ConnectInfo(self.peer));
         extensions.insert(RequestId(id.clone()));
-        Answer::Routed(self.app.router.clone().call(request))
+        Answer::Routed(Box::pin(self.app.router.clone().call(request)))
     }
 }
 
@@ -154,7 +154,9 @@ fn overloaded_response() -> Response {
 enum Answer {
     /// Made by the gateway itself, with the service it counts as.
     Ready(Option<(Response<Payload>, Option<ServiceTag>)>),
-    Routed(RouteFuture<Infallible>),
+    /// Boxed: an axum route future holds the whole request, and hyper moves this future
+    /// around; kept small, the gateway's own answers copy less.
+    Routed(Pin<Box<RouteFuture<Infallible>>>),
 }
 
 impl Answer {
@@ -197,7 +199,7 @@ impl Future for GatewayFuture {
         let this = &mut *self;
         let (response, service) = match &mut this.answer {
             Answer::Ready(ready) => ready.take().unwrap_or_else(polled_again),
-            Answer::Routed(future) => match Pin::new(future).poll(cx) {
+            Answer::Routed(future) => match future.as_mut().poll(cx) {
                 Poll::Ready(Ok(response)) => {
                     let service = response.extensions().get::<ServiceTag>().cloned();
                     (response.map(Payload::Service), service)
