@@ -8,6 +8,7 @@
 mod access_log;
 pub mod app;
 pub mod certs;
+mod coalesce;
 pub mod config;
 mod connection;
 pub mod logging;
