@@ -72,6 +72,8 @@ pub(crate) fn listener_app(
 ) -> ListenerApp {
     let mounted = services.expand(&listener.services);
     let healthz = healthz_body(&mounted);
+    // `ConnectionService` answers GET and HEAD itself; the route stays so that other methods
+    // get axum's 405 with `Allow`, and so the router alone is a complete listener.
     let healthz_route = Router::new().route("/healthz", get(healthz_handler(healthz.clone())));
     let mut router = tag(healthz_route, GATEWAY);
     for name in &mounted {
@@ -187,7 +189,7 @@ pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
     json_response(status, Bytes::from(body))
 }
 
-pub(crate) fn json_response(status: StatusCode, body: Bytes) -> Response {
+fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -6,9 +6,10 @@
 //! is then served by hyper's own connection type, without a sniffing wrapper around the IO.
 //!
 //! **Head watchdog.** `header_timeout` bounds how long an HTTP/1 connection may sit without a
-//! request in progress: from accept (or the end of the TLS handshake) and from the end of each
-//! response until the next request's head is complete. It cuts off clients that send headers
-//! slowly and closes idle keep-alive connections. hyper has this built in
+//! request in progress: from accept (the TLS handshake included, and again from its end) and
+//! from the end of each response until the next request's head is complete. It cuts off
+//! clients that send headers slowly or stall a handshake, and closes idle keep-alive
+//! connections. hyper has this built in
 //! (`header_read_timeout`), but it arms and drops a boxed timer for every request, which cost
 //! about 20% of the requests/s of `/healthz` (bench/gateway). Here a small task beside each
 //! connection's own holds one timer that fires at most once per `header_timeout` and, when the
@@ -102,21 +103,18 @@ impl Listener {
                 Ok(protocol) => self.serve(io(stream), protocol, service, clock, stop).await,
                 Err(error) => tracing::debug!(%peer, %error, "reading the preface"),
             },
-            Some(acceptor) => {
-                let handshake = tokio::time::timeout(self.header_timeout, acceptor.accept(stream));
-                match handshake.await {
-                    Ok(Ok(tls)) => {
-                        let protocol = match tls.get_ref().1.alpn_protocol() {
-                            Some(b"h2") => Protocol::Http2,
-                            _ => Protocol::Http1,
-                        };
-                        clock.restart();
-                        self.serve(io(tls), protocol, service, clock, stop).await
-                    }
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            // The watchdog bounds the handshake too: no request is in progress during it.
+            Some(acceptor) => match acceptor.accept(stream).await {
+                Ok(tls) => {
+                    let protocol = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    clock.restart();
+                    self.serve(io(tls), protocol, service, clock, stop).await
                 }
-            }
+                Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            },
         }
         drop(permit);
     }

@@ -11,7 +11,8 @@ use axum::response::Response;
 
 use crate::app::error_response;
 
-/// Which service answered; set on responses by the router, read here.
+/// Which service answered: set on responses by the router (`app::tag`) or by the gateway's
+/// own answers, read for metrics and the access log.
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceTag(pub Arc<str>);
 
