@@ -83,9 +83,6 @@ pub struct LimitsConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests may still run.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
-    /// Idle keep-alive connections are closed after this.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -97,7 +94,6 @@ impl Default for LimitsConfig {
             header_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -217,10 +213,6 @@ fn validate_limits(limits: &LimitsConfig, errors: &mut Vec<String>) {
         (
             limits.max_connections == 0,
             "limits.max_connections: must be more than 0",
-        ),
-        (
-            limits.idle_timeout == zero,
-            "limits.idle_timeout: must be more than 0",
         ),
     ];
     errors.extend(

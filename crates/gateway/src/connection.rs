@@ -139,6 +139,14 @@ impl Listener {
             Protocol::Http2 => {
                 // No head watchdog for HTTP/2: the connection counts as busy for its life.
                 let _busy = InProgress::begin(&clock);
+                // `Connection: close` means nothing in HTTP/2: a connection over the limit is
+                // shut down gracefully at once (GOAWAY), after answering 503 to the requests
+                // the client already sent.
+                let stop = if service.is_overloaded() {
+                    watch::channel(true).1
+                } else {
+                    stop
+                };
                 let connection = self.http2.serve_connection(io, service);
                 drive(connection, |c| c.graceful_shutdown(), stop).await
             }

@@ -84,6 +84,10 @@ impl ConnectionService {
         self
     }
 
+    pub(crate) fn is_overloaded(&self) -> bool {
+        self.overloaded
+    }
+
     pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
     }

@@ -181,14 +181,22 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, Durat
     }
 }
 
+const PLAIN: &str = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
+const PLAIN_WITH_MESSAGES: &str =
+    "[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"messages\"]\n";
+
+/// A server with `header_timeout = "1s"` on `listeners` (`None`: the default listeners).
+async fn one_second_header_timeout(listeners: Option<&str>) -> Portico {
+    let mut builder = Portico::builder(BIN).toml("[limits]\nheader_timeout = \"1s\"\n");
+    if let Some(listeners) = listeners {
+        builder = builder.listeners_toml(listeners);
+    }
+    builder.start().await.unwrap()
+}
+
 #[tokio::test]
 async fn a_client_sending_headers_slowly_is_cut_off_after_the_timeout() {
-    let server = Portico::builder(BIN)
-        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\n")
-        .toml("[limits]\nheader_timeout = \"1s\"\n")
-        .start()
-        .await
-        .unwrap();
+    let server = one_second_header_timeout(Some(PLAIN)).await;
     let addr = server.addr();
     let outcome = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
@@ -225,11 +233,7 @@ async fn a_client_sending_headers_slowly_is_cut_off_after_the_timeout() {
 
 #[tokio::test]
 async fn a_silent_tls_client_is_dropped_after_the_timeout() {
-    let server = Portico::builder(BIN)
-        .toml("[limits]\nheader_timeout = \"1s\"\n")
-        .start()
-        .await
-        .unwrap();
+    let server = one_second_header_timeout(None).await;
     let addr = server.addr();
     let elapsed = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
@@ -245,12 +249,7 @@ async fn a_silent_tls_client_is_dropped_after_the_timeout() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    let server = Portico::builder(BIN)
-        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\n")
-        .toml("[limits]\nheader_timeout = \"1s\"\n")
-        .start()
-        .await
-        .unwrap();
+    let server = one_second_header_timeout(Some(PLAIN)).await;
     let addr = server.addr();
     let (answer, idle) = tokio::task::spawn_blocking(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
@@ -271,12 +270,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
 
 #[tokio::test]
 async fn a_slow_upload_is_not_cut_by_the_header_timeout() {
-    let server = Portico::builder(BIN)
-        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"messages\"]\n")
-        .toml("[limits]\nheader_timeout = \"1s\"\n")
-        .start()
-        .await
-        .unwrap();
+    let server = one_second_header_timeout(Some(PLAIN_WITH_MESSAGES)).await;
     let addr = server.addr();
     let answer = tokio::task::spawn_blocking(move || {
         let body = br#"{"message": "uploaded slowly"}"#;
@@ -357,6 +351,37 @@ async fn connections_over_the_limit_get_503() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn an_http2_connection_over_the_limit_gets_503() {
+    let server = Portico::builder(BIN)
+        .listeners_toml(PLAIN)
+        .toml("[limits]\nmax_connections = 1\n")
+        .start()
+        .await
+        .unwrap();
+    let held = TcpStream::connect(server.addr()).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get(server.url("/healthz")).send(),
+    )
+    .await
+    .expect("an over-limit HTTP/2 connection is answered, not left hanging")
+    .unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 503);
+    assert!(answer
+        .text()
+        .await
+        .unwrap()
+        .contains("too many connections"));
+    drop(held);
 }
 
 #[tokio::test]
