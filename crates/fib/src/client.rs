@@ -35,6 +35,8 @@ const STREAM_READ: usize = 256 * 1024;
 /// Why one attempt on one back end failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FailureKind {
+    /// Every pooled connection to the back end stayed in use: it is busy, not failing.
+    Busy,
     Connect,
     Io,
     Timeout,
@@ -44,6 +46,7 @@ enum FailureKind {
 impl FailureKind {
     fn label(self) -> &'static str {
         match self {
+            FailureKind::Busy => "busy",
             FailureKind::Connect => "connect",
             FailureKind::Io => "io",
             FailureKind::Timeout => "timeout",
@@ -70,6 +73,8 @@ pub enum ClientError {
     Unavailable(String),
     #[error("every fib back end timed out: {0}")]
     TimedOut(String),
+    #[error("every fib back end is busy: {0}")]
+    Busy(String),
     #[error("fib back end {backend} refused the request: {message}")]
     Refused { backend: String, message: String },
 }
@@ -196,7 +201,7 @@ impl BackendClient {
                         if stale {
                             lock(&backend.idle).clear();
                             fresh_retry_left = false;
-                        } else {
+                        } else if attempt.kind != FailureKind::Busy {
                             backend.failed(&attempt);
                         }
                         failures.push(attempt);
@@ -225,9 +230,10 @@ impl BackendClient {
     async fn attempt(&self, backend: &Arc<Backend>, n: u64) -> Result<AttemptResult, Attempt> {
         let slot = Arc::clone(&backend.slots).acquire_owned();
         let Ok(Ok(slot)) = timeout(self.call_timeout, slot).await else {
+            // Long streamed replies hold their connection: no backoff for a healthy back end.
             return Err(Attempt {
                 backend: backend.address.clone(),
-                kind: FailureKind::Timeout,
+                kind: FailureKind::Busy,
                 detail: format!(
                     "all {} connections stayed busy for {:?}",
                     self.pool_size, self.call_timeout
@@ -466,7 +472,10 @@ fn summarise(failures: &[Attempt]) -> ClientError {
         .map(|a| format!("{}: {}", a.backend, a.detail))
         .collect::<Vec<_>>()
         .join("; ");
-    if !failures.is_empty() && failures.iter().all(|a| a.kind == FailureKind::Timeout) {
+    let all = |kind| !failures.is_empty() && failures.iter().all(|a| a.kind == kind);
+    if all(FailureKind::Busy) {
+        ClientError::Busy(detail)
+    } else if all(FailureKind::Timeout) {
         ClientError::TimedOut(detail)
     } else {
         ClientError::Unavailable(detail)

@@ -26,6 +26,7 @@ impl FibError {
         match self {
             FibError::BadN(_) => StatusCode::BAD_REQUEST,
             FibError::Backend(ClientError::TimedOut(_)) => StatusCode::GATEWAY_TIMEOUT,
+            FibError::Backend(ClientError::Busy(_)) => StatusCode::SERVICE_UNAVAILABLE,
             FibError::Backend(_) => StatusCode::BAD_GATEWAY,
             FibError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

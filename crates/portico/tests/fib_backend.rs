@@ -355,6 +355,64 @@ fn load(
     (ok, failed, handles)
 }
 
+#[tokio::test]
+async fn a_back_end_whose_connections_are_all_busy_is_not_counted_as_failing() {
+    let backend = Backend::start("127.0.0.1:0", &[]);
+    let server = Portico::start(
+        BIN,
+        &format!(
+            "[fib]\nbackends = [\"{}\"]\nclient_cache_bytes = 0\npool_size = 1\nbackend_timeout = \"1s\"\n",
+            backend.addr
+        ),
+    )
+    .await
+    .expect("portico starts");
+    // A reply of many megabytes, not read: its relay stalls and holds the one connection.
+    let held = server
+        .client()
+        .get(server.url("/fib/12000"))
+        .send()
+        .await
+        .expect("the large reply starts");
+    assert_eq!(held.status(), 200);
+    let busy = server
+        .client()
+        .get(server.url("/fib/7"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(busy.status(), 503, "{:?}", busy.text().await);
+    let errors = format!(
+        "portico_fib_backend_errors_total{{backend=\"{}\"",
+        backend.addr
+    );
+    let text = server
+        .client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        text.contains("portico_fib_backend_calls_total"),
+        "the back-end metrics are on this page:\n{text}"
+    );
+    assert!(
+        !text.contains(&errors),
+        "busy counted as a failure:\n{text}"
+    );
+    drop(held);
+    let after = server
+        .client()
+        .get(server.url("/fib/7"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(after.status(), 200);
+}
+
 async fn backend_calls(server: &Portico, backend: SocketAddr) -> u64 {
     metric(
         server,
