@@ -10,11 +10,7 @@ const WHAT: &str = "region";
 
 /// Checks the region service end to end; pushes one line per step to `done`.
 pub async fn probe(target: &Target, done: &mut Vec<String>) -> Result<(), CheckError> {
-    let path = match &target.region_hint {
-        Some(hint) => format!("/regionInfo?regionHint={}", encode(hint)),
-        None => "/regionInfo".to_string(),
-    };
-    let url = url(target, &path);
+    let url = probe_url(&url(target, "/regionInfo"), target.region_hint.as_deref())?;
     let (status, body) = send_text(WHAT, &url, target.client.get(&url)).await?;
     match (&target.region_hint, status.as_u16()) {
         (None, 404) if body == "Not found" => {
@@ -33,16 +29,14 @@ pub async fn probe(target: &Target, done: &mut Vec<String>) -> Result<(), CheckE
     }
 }
 
-/// Percent-encodes everything but unreserved characters.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// `base`, with the hint as the `regionHint` query parameter (percent-encoded) when given.
+fn probe_url(base: &str, hint: Option<&str>) -> Result<String, CheckError> {
+    let Some(hint) = hint else {
+        return Ok(base.to_owned());
+    };
+    reqwest::Url::parse_with_params(base, [("regionHint", hint)])
+        .map(String::from)
+        .map_err(|error| unexpected(WHAT, format!("{base}: {error}")))
 }
 
 /// Checks the answer's shape (what the real client's parser needs) and counts its servers.
@@ -129,6 +123,7 @@ mod tests {
 
     #[test]
     fn hint_is_encoded() {
-        assert_eq!(encode("us east/1"), "us%20east%2F1");
+        let url = probe_url("https://h:1/regionInfo", Some("us east/1")).unwrap();
+        assert_eq!(url, "https://h:1/regionInfo?regionHint=us+east%2F1");
     }
 }
