@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -421,21 +421,25 @@ async fn relay(
     call_timeout: Duration,
     tx: &mpsc::Sender<Result<Bytes, TextError>>,
 ) -> Result<Option<TcpStream>, String> {
+    // One buffer, read into its spare room and split off: chunks share its allocation
+    // instead of each pinning a zeroed STREAM_READ-sized one.
+    let mut buffer = BytesMut::new();
     while text_len > 0 {
         let want = text_len.min(STREAM_READ as u64) as usize;
-        let mut chunk = vec![0u8; want];
-        let got = match timeout(call_timeout, conn.read(&mut chunk)).await {
+        buffer.reserve(want);
+        let mut room = (&mut buffer).limit(want);
+        let got = match timeout(call_timeout, conn.read_buf(&mut room)).await {
             Err(_) => return Err(format!("no data within {call_timeout:?}")),
             Ok(Err(e)) => return Err(e.to_string()),
             Ok(Ok(0)) => return Err(format!("connection closed with {text_len} bytes to go")),
             Ok(Ok(got)) => got,
         };
-        chunk.truncate(got);
+        let chunk = buffer.split().freeze();
         if !is_numbers_text(&chunk) {
             return Err("reply contains bytes other than digits and spaces".into());
         }
         text_len -= got as u64;
-        if tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+        if tx.send(Ok(chunk)).await.is_err() {
             return Ok(None);
         }
     }
