@@ -16,18 +16,23 @@ const ZERO_CONFIG_ROOT_USER: &str = "nobody";
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let _logs = gateway::logging::init(&config.log).context("starting logs")?;
-    // Requests are served by the gateway's own per-core workers; this runtime runs start-up and
-    // services' background tasks (Redis drivers, reload watchers), which one thread carries.
+    serve_blocking(config, config_path.is_none())
+}
+
+/// `serve` on the main runtime. Requests are served by the gateway's own per-core workers;
+/// this runtime runs start-up and services' background tasks (Redis drivers, reload
+/// watchers), which one thread carries. Shared with legacy entry points.
+pub fn serve_blocking(config: Config, zero_config: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, config_path.is_none()))
+    runtime.block_on(serve(config, zero_config))
 }
 
-/// Binds, drops privileges, opens services and serves; shared with legacy entry points.
-pub async fn serve(mut config: Config, zero_config: bool) -> anyhow::Result<()> {
+/// Binds, drops privileges, opens services and serves.
+async fn serve(mut config: Config, zero_config: bool) -> anyhow::Result<()> {
     let data_dir = prepare_data_dir(&config.data_dir)?;
     config.data_dir = data_dir.clone();
     let gateway = Gateway::bind(&config.gateway()).context("binding listeners")?;

@@ -100,11 +100,7 @@ fn run_legacy(args: LegacyArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("starting logs: {e}"))?;
     tracing::info!(log = %paths.log_file.display(), data = %paths.region_data.display(), "regioninfo starting");
     let config = legacy_config(&args, paths.region_data)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let result = runtime.block_on(crate::serve::serve(config, false));
+    let result = crate::serve::serve_blocking(config, false);
     if let Err(error) = &result {
         tracing::error!(error = %format!("{error:#}"), "regioninfo stopped");
     }
