@@ -47,8 +47,8 @@ pub enum Error {
     },
     #[error("TLS {path}: {problem}")]
     Tls { path: PathBuf, problem: String },
-    #[error("privileges: {0}")]
-    Privilege(String),
+    #[error(transparent)]
+    Privilege(#[from] privilege::PrivilegeError),
     #[error("logging: {0}")]
     Logging(String),
 }

@@ -28,10 +28,10 @@ pub struct BackendArgs {
     pub idle_timeout: u64,
 }
 
-/// Builds the fib service and returns its routes.
-pub async fn mount(config: &fib::Config) -> anyhow::Result<axum::Router> {
-    let service = fib::FibService::open(config)?;
-    Ok(service.router())
+/// Builds the fib service.
+pub async fn mount(config: &fib::Config) -> anyhow::Result<service::Service> {
+    let fib = fib::FibService::open(config)?;
+    Ok(service::Service::new("fib", fib.router()))
 }
 
 /// `portico fib-backend`: exit 2 on bad flags, 1 when it cannot listen, 0 after a signal.

@@ -1,9 +1,13 @@
 //! Wires the messages service.
 
-use std::path::Path;
+use service::{DataDir, Readiness, Service};
 
-/// Opens the messages service and returns its routes.
-pub async fn mount(config: &messages::Config, data_dir: &Path) -> anyhow::Result<axum::Router> {
-    let service = messages::MessagesService::open(config, data_dir).await?;
-    Ok(service.router())
+/// Opens the messages service (its embedded store in the data directory).
+pub async fn mount(
+    config: &messages::Config,
+    data_dir: &DataDir,
+    _readiness: &Readiness,
+) -> anyhow::Result<Service> {
+    let service = messages::MessagesService::open(config, data_dir.path()).await?;
+    Ok(Service::new("messages", service.router()))
 }

@@ -5,9 +5,8 @@ pub mod fib;
 pub mod messages;
 pub mod region;
 
-use std::path::Path;
-
 use anyhow::Context;
+use service::{DataDir, Readiness};
 
 use crate::config::Config;
 
@@ -15,24 +14,27 @@ use crate::config::Config;
 pub const SERVICE_NAMES: &[&str] = &["admin", "fib", "messages", "region"];
 
 /// Opens the services that at least one listener mounts.
-pub async fn build(config: &Config, data_dir: &Path) -> anyhow::Result<gateway::Services> {
+pub async fn build(
+    config: &Config,
+    data_dir: &DataDir,
+    readiness: &Readiness,
+) -> anyhow::Result<gateway::Services> {
     let mut services = gateway::Services::new();
     if mounted(config, "messages") {
-        let router = messages::mount(&config.messages, data_dir)
+        let service = messages::mount(&config.messages, data_dir, readiness)
             .await
             .context("messages service")?;
-        services.insert("messages", router);
+        services.insert(service);
     }
     if mounted(config, "region") {
         services.insert(
-            "region",
             region::mount(&config.region)
                 .await
                 .context("region service")?,
         );
     }
     if mounted(config, "fib") {
-        services.insert("fib", fib::mount(&config.fib).await.context("fib service")?);
+        services.insert(fib::mount(&config.fib).await.context("fib service")?);
     }
     Ok(services)
 }
