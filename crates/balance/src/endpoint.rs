@@ -73,6 +73,15 @@ impl Endpoint {
         }
     }
 
+    /// Changes the policy (the service's limits were edited), keeping the measurements, the
+    /// requests in flight and the health counts.
+    pub fn set_policy(&mut self, policy: EndpointPolicy) {
+        self.latency
+            .set_params(policy.decay, policy.neutral_latency);
+        self.hard_latency = policy.hard_latency;
+        self.health.set_policy(policy.health);
+    }
+
     /// A request to this endpoint begins (it was picked).
     pub fn start(&mut self) {
         self.in_flight = self.in_flight.saturating_add(1);
@@ -327,6 +336,19 @@ mod tests {
         let candidate = endpoint.candidate(0, false, start + Duration::from_secs(5));
         assert_eq!(candidate.in_flight, 2);
         assert_eq!(candidate.cost(), (10 * MS).as_secs_f64() * 3.0);
+    }
+
+    #[test]
+    fn a_new_policy_applies_to_the_next_answer_and_keeps_the_measurements() {
+        let start = Instant::now();
+        let mut endpoint = Endpoint::new(manager());
+        answer(&mut endpoint, 600 * MS, start);
+        endpoint.set_policy(EndpointPolicy::with_limits(100 * MS, 500 * MS));
+        assert_eq!(endpoint.measured_estimate(), 600 * MS);
+        assert!(matches!(
+            answer(&mut endpoint, 550 * MS, start + MS),
+            Transition::Ejected { .. }
+        ));
     }
 
     #[test]

@@ -87,6 +87,12 @@ impl PeakEwma {
     pub fn decay(&self) -> Duration {
         self.decay
     }
+
+    /// Changes the time constant and the neutral estimate, keeping what was measured.
+    pub fn set_params(&mut self, decay: Duration, neutral: Duration) {
+        self.decay = decay;
+        self.neutral = neutral;
+    }
 }
 
 /// `value` after `idle` with no news, fading towards zero with time constant `decay`

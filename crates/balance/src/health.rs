@@ -101,6 +101,11 @@ impl Health {
         &self.policy
     }
 
+    /// Changes the policy from the next report on (a running backoff keeps its length).
+    pub fn set_policy(&mut self, policy: HealthPolicy) {
+        self.policy = policy;
+    }
+
     /// Whether the endpoint is out of rotation (in its backoff, or past it awaiting a probe).
     pub fn is_ejected(&self) -> bool {
         self.ejected.is_some()
