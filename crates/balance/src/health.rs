@@ -141,11 +141,11 @@ impl Health {
     /// long; ejected and still in the backoff (a call from before the ejection), nothing more.
     pub fn failed(&mut self, now: Instant) -> Transition {
         self.failures_in_row = self.failures_in_row.saturating_add(1);
-        match self.ejected {
-            Some(ejection) if !ejection.left(now).is_zero() => Transition::Unchanged,
-            Some(_) => self.eject(now),
-            None if self.failures_in_row >= self.policy.failures_to_eject.max(1) => self.eject(now),
-            None => Transition::Unchanged,
+        let too_many = self.failures_in_row >= self.policy.failures_to_eject.max(1);
+        if self.is_ejected() || too_many {
+            self.eject(now) // no change while the backoff runs
+        } else {
+            Transition::Unchanged
         }
     }
 
