@@ -1,6 +1,6 @@
 //! The REST tier's client of remote fib back ends: a pool of persistent connections per back
-//! end, a timeout on every call, each call sent to the back end with the lowest expected wait
-//! (peak-EWMA latency × calls in flight, by power of two choices: see [`crate::backend`]),
+//! end, a timeout on every call, each call sent to the cheaper of two back ends drawn at random
+//! (cost: peak-EWMA latency × calls in flight; see [`crate::backend`]),
 //! retry on another back end (or a fresh connection when a pooled one turns out stale), health
 //! tracking that skips a failed back end and probes it again after a backoff, and a cache of
 //! successful replies only.
