@@ -1,23 +1,24 @@
 //! The REST tier's client of remote fib back ends: a pool of persistent connections per back
-//! end, a timeout on every call, retry on another back end (or a fresh connection when a pooled
-//! one turns out stale), health tracking that skips a failed back end and probes it again after
-//! a backoff, and a cache of successful replies only.
+//! end, a timeout on every call, each call sent to the cheaper of two back ends drawn at random
+//! (cost: peak-EWMA latency × calls in flight; see [`crate::backend`]),
+//! retry on another back end (or a fresh connection when a pooled one turns out stale), health
+//! tracking that skips a failed back end and probes it again after a backoff, and a cache of
+//! successful replies only.
 //!
 //! Small replies (up to [`BUFFER_LIMIT`]) are read whole before answering, so any failure is
 //! retried and the client never sees it; larger replies are streamed through as they arrive, so
 //! only a failure before the first byte can be retried.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::timeout;
 
-use crate::health::Health;
+use crate::backend::{Backend, Choices};
 use crate::metrics;
 use crate::protocol::{self, Reply};
 use crate::reply_cache::ReplyCache;
@@ -79,61 +80,9 @@ pub enum ClientError {
     Refused { backend: String, message: String },
 }
 
-/// One remote back end: its address, connections and health.
-struct Backend {
-    address: String,
-    /// One permit per connection allowed (`pool_size`): calls past it wait for a free one
-    /// instead of opening and closing connections at a rate the back end cannot accept.
-    slots: Arc<Semaphore>,
-    idle: Mutex<Vec<TcpStream>>,
-    health: Mutex<Health>,
-}
-
-impl Backend {
-    fn available(&self, now: Instant) -> bool {
-        lock(&self.health).available(now)
-    }
-
-    fn checkout(&self) -> Option<TcpStream> {
-        lock(&self.idle).pop()
-    }
-
-    fn checkin(&self, conn: TcpStream, pool_size: usize) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < pool_size {
-            idle.push(conn);
-        }
-    }
-
-    fn succeeded(&self) {
-        lock(&self.health).succeeded();
-        ::metrics::counter!(metrics::BACKEND_CALLS, "backend" => self.address.clone()).increment(1);
-    }
-
-    fn failed(&self, attempt: &Attempt) {
-        lock(&self.health).failed(Instant::now());
-        lock(&self.idle).clear(); // its other connections are likely broken too
-        ::metrics::counter!(
-            metrics::BACKEND_ERRORS,
-            "backend" => self.address.clone(),
-            "kind" => attempt.kind.label()
-        )
-        .increment(1);
-        tracing::warn!(backend = %self.address, kind = attempt.kind.label(), error = %attempt.detail, "fib back end failed; retrying elsewhere");
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each guarded value is consistent after every statement.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The pooled, retrying client.
+/// The pooled, retrying, latency-aware client.
 pub struct BackendClient {
     backends: Vec<Arc<Backend>>,
-    next: AtomicUsize,
     call_timeout: Duration,
     pool_size: usize,
     cache: ReplyCache,
@@ -148,18 +97,10 @@ impl BackendClient {
     ) -> Self {
         let backends = addresses
             .iter()
-            .map(|address| {
-                Arc::new(Backend {
-                    address: address.clone(),
-                    slots: Arc::new(Semaphore::new(pool_size)),
-                    idle: Mutex::new(Vec::new()),
-                    health: Mutex::new(Health::default()),
-                })
-            })
+            .map(|address| Arc::new(Backend::new(address, pool_size)))
             .collect();
         BackendClient {
             backends,
-            next: AtomicUsize::new(0),
             call_timeout,
             pool_size,
             cache: ReplyCache::new(cache_bytes),
@@ -173,65 +114,96 @@ impl BackendClient {
             return Ok(Text::complete([hit]));
         }
         let mut failures: Vec<Attempt> = Vec::new();
-        for backend in self.order() {
-            let mut fresh_retry_left = true;
-            loop {
-                if !failures.is_empty() {
-                    ::metrics::counter!(metrics::BACKEND_RETRIES).increment(1);
-                }
-                match self.attempt(&backend, n).await {
-                    Ok(AttemptResult::Text(text)) => {
-                        backend.succeeded();
-                        return Ok(text);
-                    }
-                    Ok(AttemptResult::Refused(message)) => {
-                        backend.succeeded();
-                        return Err(ClientError::Refused {
-                            backend: backend.address.clone(),
-                            message,
-                        });
-                    }
-                    Err(attempt) => {
-                        // A pooled connection that fails at once may just have been closed
-                        // by the back end (restart, idle timeout): one fresh try there first.
-                        // A timeout is the back end's slowness, not staleness: move on.
-                        let stale = attempt.reused
-                            && attempt.kind != FailureKind::Timeout
-                            && fresh_retry_left;
-                        if stale {
-                            lock(&backend.idle).clear();
-                            fresh_retry_left = false;
-                        } else if attempt.kind != FailureKind::Busy {
-                            backend.failed(&attempt);
-                        }
-                        failures.push(attempt);
-                        if !stale {
-                            break;
-                        }
-                    }
-                }
+        let mut choices = Choices::new(&self.backends, Instant::now());
+        while let Some((backend, _in_flight)) = choices.next() {
+            if let Some(answer) = self.call(backend, n, &mut failures).await {
+                return answer;
             }
         }
         Err(summarise(&failures))
     }
 
-    /// Back ends to try, in order: the available ones round-robin, then those in backoff (a
-    /// last resort rather than failing without trying).
-    fn order(&self) -> Vec<Arc<Backend>> {
-        let count = self.backends.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        let rotated = (0..count).map(|i| Arc::clone(&self.backends[(start + i) % count]));
-        let (mut up, down): (Vec<_>, Vec<_>) = rotated.partition(|b| b.available(now));
-        up.extend(down);
-        up
+    /// Calls one back end; `None` when it failed (recorded in `failures`: try the next).
+    async fn call(
+        &self,
+        backend: &Arc<Backend>,
+        n: u64,
+        failures: &mut Vec<Attempt>,
+    ) -> Option<Result<Text, ClientError>> {
+        let mut fresh_retry_left = true;
+        loop {
+            if !failures.is_empty() {
+                ::metrics::counter!(metrics::BACKEND_RETRIES).increment(1);
+            }
+            let attempt = match self.attempt(backend, n).await {
+                Ok(answer) => {
+                    backend.succeeded(answer.latency);
+                    return Some(match answer.result {
+                        AttemptResult::Text(text) => Ok(text),
+                        AttemptResult::Refused(message) => Err(ClientError::Refused {
+                            backend: backend.address.clone(),
+                            message,
+                        }),
+                    });
+                }
+                Err(attempt) => attempt,
+            };
+            // A pooled connection that fails at once may just have been closed by the back end
+            // (restart, idle timeout): one fresh try there first. A timeout is the back end's
+            // slowness, not staleness: move on. Busy is not failing: move on without backoff.
+            let stale = attempt.reused && attempt.kind != FailureKind::Timeout && fresh_retry_left;
+            if stale {
+                backend.clear_idle();
+                fresh_retry_left = false;
+            } else if attempt.kind != FailureKind::Busy {
+                backend.failed(attempt.kind.label(), &attempt.detail);
+            }
+            failures.push(attempt);
+            if !stale {
+                return None;
+            }
+        }
     }
 
-    async fn attempt(&self, backend: &Arc<Backend>, n: u64) -> Result<AttemptResult, Attempt> {
+    /// One try on one back end: a pool slot, a connection, the request, the reply.
+    async fn attempt(&self, backend: &Arc<Backend>, n: u64) -> Result<Answer, Attempt> {
+        let slot = self.acquire_slot(backend).await?;
+        let (mut conn, reused) = match backend.checkout() {
+            Some(conn) => (conn, true),
+            None => (self.connect(backend).await?, false),
+        };
+        let fail = |(kind, detail)| Attempt {
+            backend: backend.address.clone(),
+            kind,
+            detail,
+            reused,
+        };
+        let sent = Instant::now();
+        let len = match timeout(self.call_timeout, request_start(&mut conn, n)).await {
+            Err(_) => Err((
+                FailureKind::Timeout,
+                format!("no reply within {:?}", self.call_timeout),
+            )),
+            Ok(started) => started,
+        }
+        .map_err(fail)?;
+        let latency = sent.elapsed();
+        let result = if len <= BUFFER_LIMIT {
+            self.read_small(backend, conn, len, n).await
+        } else {
+            self.start_stream(backend, conn, slot, len, n).await
+        }
+        .map_err(fail)?;
+        Ok(Answer { result, latency })
+    }
+
+    /// A free pooled connection's permit. Long streamed replies hold their connection, so
+    /// waiting too long means busy, not broken: no backoff for a healthy back end.
+    async fn acquire_slot(&self, backend: &Backend) -> Result<OwnedSemaphorePermit, Attempt> {
         let slot = Arc::clone(&backend.slots).acquire_owned();
-        let Ok(Ok(slot)) = timeout(self.call_timeout, slot).await else {
-            // Long streamed replies hold their connection: no backoff for a healthy back end.
-            return Err(Attempt {
+        match timeout(self.call_timeout, slot).await {
+            Ok(Ok(slot)) => Ok(slot),
+            _ => Err(Attempt {
                 backend: backend.address.clone(),
                 kind: FailureKind::Busy,
                 detail: format!(
@@ -239,67 +211,8 @@ impl BackendClient {
                     self.pool_size, self.call_timeout
                 ),
                 reused: false,
-            });
-        };
-        let (mut conn, reused) = match backend.checkout() {
-            Some(conn) => (conn, true),
-            None => (self.connect(backend).await?, false),
-        };
-        let fail = |kind, detail: String| Attempt {
-            backend: backend.address.clone(),
-            kind,
-            detail,
-            reused,
-        };
-        let started = timeout(self.call_timeout, request_start(&mut conn, n)).await;
-        let len = match started {
-            Err(_) => {
-                return Err(fail(
-                    FailureKind::Timeout,
-                    format!("no reply within {:?}", self.call_timeout),
-                ))
-            }
-            Ok(Err((kind, detail))) => return Err(fail(kind, detail)),
-            Ok(Ok(len)) => len,
-        };
-        if len <= BUFFER_LIMIT {
-            let read = timeout(self.call_timeout, read_whole(&mut conn, len, n)).await;
-            let result = match read {
-                Err(_) => Err(fail(
-                    FailureKind::Timeout,
-                    format!("reply not complete within {:?}", self.call_timeout),
-                )),
-                Ok(Err((kind, detail))) => Err(fail(kind, detail)),
-                Ok(Ok(result)) => Ok(result),
-            }?;
-            backend.checkin(conn, self.pool_size);
-            if let AttemptResult::Text(text) = &result {
-                if let Some(whole) = text.ready.front() {
-                    self.cache.insert(n, whole.clone());
-                }
-            }
-            return Ok(result);
+            }),
         }
-        let head = protocol::reply_head(n);
-        let mut got = vec![0u8; head.len()];
-        match timeout(self.call_timeout, conn.read_exact(&mut got)).await {
-            Err(_) => return Err(fail(FailureKind::Timeout, "reply head timed out".into())),
-            Ok(Err(e)) => return Err(fail(FailureKind::Io, e.to_string())),
-            Ok(Ok(_)) if got != head.as_bytes() => {
-                return Err(fail(
-                    FailureKind::Protocol,
-                    format!("reply starts {:?}", String::from_utf8_lossy(&got)),
-                ))
-            }
-            Ok(Ok(_)) => {}
-        }
-        let text_len = len - head.len() as u64 - protocol::REPLY_TAIL.len() as u64;
-        Ok(AttemptResult::Text(self.stream(
-            Arc::clone(backend),
-            conn,
-            slot,
-            text_len,
-        )))
     }
 
     async fn connect(&self, backend: &Backend) -> Result<TcpStream, Attempt> {
@@ -318,6 +231,61 @@ impl BackendClient {
                 Ok(conn)
             }
         }
+    }
+
+    /// Reads a small reply whole, pools the connection again and caches a success.
+    async fn read_small(
+        &self,
+        backend: &Backend,
+        mut conn: TcpStream,
+        len: u64,
+        n: u64,
+    ) -> Result<AttemptResult, (FailureKind, String)> {
+        let result = match timeout(self.call_timeout, read_whole(&mut conn, len, n)).await {
+            Err(_) => Err((
+                FailureKind::Timeout,
+                format!("reply not complete within {:?}", self.call_timeout),
+            )),
+            Ok(read) => read,
+        }?;
+        backend.checkin(conn, self.pool_size);
+        if let AttemptResult::Text(text) = &result {
+            if let Some(whole) = text.ready.front() {
+                self.cache.insert(n, whole.clone());
+            }
+        }
+        Ok(result)
+    }
+
+    /// Checks a large reply's head and hands the rest to a relay task.
+    async fn start_stream(
+        &self,
+        backend: &Arc<Backend>,
+        mut conn: TcpStream,
+        slot: OwnedSemaphorePermit,
+        len: u64,
+        n: u64,
+    ) -> Result<AttemptResult, (FailureKind, String)> {
+        let head = protocol::reply_head(n);
+        let mut got = vec![0u8; head.len()];
+        match timeout(self.call_timeout, conn.read_exact(&mut got)).await {
+            Err(_) => return Err((FailureKind::Timeout, "reply head timed out".into())),
+            Ok(Err(e)) => return Err((FailureKind::Io, e.to_string())),
+            Ok(Ok(_)) if got != head.as_bytes() => {
+                return Err((
+                    FailureKind::Protocol,
+                    format!("reply starts {:?}", String::from_utf8_lossy(&got)),
+                ))
+            }
+            Ok(Ok(_)) => {}
+        }
+        let text_len = len - head.len() as u64 - protocol::REPLY_TAIL.len() as u64;
+        Ok(AttemptResult::Text(self.stream(
+            Arc::clone(backend),
+            conn,
+            slot,
+            text_len,
+        )))
     }
 
     /// Streams `text_len` bytes of numbers then the reply's tail from `conn`, handing the
@@ -359,6 +327,12 @@ impl BackendClient {
             }))),
         }
     }
+}
+
+/// A back end's answer and its time to first byte.
+struct Answer {
+    result: AttemptResult,
+    latency: Duration,
 }
 
 enum AttemptResult {
@@ -489,6 +463,7 @@ fn summarise(failures: &[Attempt]) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::lock;
 
     #[test]
     fn own_layout_replies_are_sliced_without_parsing() {
@@ -518,6 +493,6 @@ mod tests {
             message.contains("127.0.0.1:1") && message.contains("127.0.0.1:2"),
             "{message}"
         );
-        assert!(lock(&client.backends[0].health).is_down());
+        assert!(lock(&client.backends[0].state).health().is_ejected());
     }
 }

@@ -9,16 +9,18 @@
 //! - [`parse`]: strict parsing of N;
 //! - [`service`], [`body`], [`error`]: the REST face;
 //! - [`protocol`], [`server`]: the original back-end wire protocol and `fib-backend`;
-//! - [`client`], [`health`], [`reply_cache`]: the REST tier's pooled client of back ends.
+//! - [`client`], [`backend`], [`reply_cache`]: the REST tier's pooled client of back ends,
+//!   choosing among them with the `balance` crate (peak-EWMA latency, power of two choices,
+//!   ejection with backoff).
 #![forbid(unsafe_code)]
 
+pub mod backend;
 pub mod body;
 pub mod cache;
 pub mod client;
 mod config;
 pub mod decimal;
 pub mod error;
-pub mod health;
 pub mod length;
 pub mod metrics;
 pub mod parse;
