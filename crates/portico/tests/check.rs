@@ -52,7 +52,10 @@ fn check_fails_when_nothing_listens() {
         .port();
     let out = check(&format!("http://127.0.0.1:{port}"), None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("FAILED"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FAILED"), "{stderr}");
+    // The reason, from deep in reqwest's error chain, named once.
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
 }
 
 fn closed_port() -> u16 {
