@@ -126,16 +126,16 @@ fn writers(config: &LogConfig) -> Result<(NonBlocking, NonBlocking, Vec<WorkerGu
             Ok((writer.clone(), writer, vec![guard]))
         }
         Some(dir) => {
-            fs::create_dir_all(dir).map_err(|source| Error::Io {
+            fs::create_dir_all(dir).map_err(|error| Error::Io {
                 what: format!("creating log.dir {}", dir.display()),
-                source,
+                error,
             })?;
             let file = |name: &str| {
                 let path = dir.join(name);
-                RotatingFile::open(&path, config.max_bytes, config.backups).map_err(|source| {
+                RotatingFile::open(&path, config.max_bytes, config.backups).map_err(|error| {
                     Error::Io {
                         what: format!("opening log file {}", path.display()),
-                        source,
+                        error,
                     }
                 })
             };
