@@ -19,20 +19,37 @@ pub struct Target {
     pub region_hint: Option<String>,
 }
 
-/// Why a check failed.
+/// Why a check failed. Each prints its cause and exposes none as `source()`, so a chain
+/// printed with `{:#}` names it once.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
-    #[error("{what}: request to {url} failed: {source}")]
+    /// reqwest's own message is generic ("error sending request"); the reason (refused, timed
+    /// out, certificate unknown) is further down its chain, so the whole chain is printed.
+    #[error("{what}: request to {url} failed: {}", chain(.error))]
     Request {
         what: String,
         url: String,
-        #[source]
-        source: reqwest::Error,
+        error: reqwest::Error,
     },
     #[error("{what}: {problem}")]
     Unexpected { what: String, problem: String },
     #[error("reading CA certificate {path}: {problem}")]
     CaCert { path: String, problem: String },
+}
+
+/// `error: cause: cause`, skipping a cause whose text its parent already ends with.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Builds a client with a timeout that trusts only `cacert` (PEM) when given, else the
@@ -116,14 +133,11 @@ pub(crate) async fn send_text(
 ) -> Result<(reqwest::StatusCode, String), CheckError> {
     let response = send(what, url, request).await?;
     let status = response.status();
-    let body = response
-        .text()
-        .await
-        .map_err(|source| CheckError::Request {
-            what: what.into(),
-            url: url.into(),
-            source,
-        })?;
+    let body = response.text().await.map_err(|error| CheckError::Request {
+        what: what.into(),
+        url: url.into(),
+        error: error.without_url(),
+    })?;
     Ok((status, body))
 }
 
@@ -133,10 +147,10 @@ pub(crate) async fn send(
     url: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, CheckError> {
-    request.send().await.map_err(|source| CheckError::Request {
+    request.send().await.map_err(|error| CheckError::Request {
         what: what.into(),
         url: url.into(),
-        source,
+        error: error.without_url(),
     })
 }
 

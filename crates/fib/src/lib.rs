@@ -38,15 +38,15 @@ pub use config::{
 pub use server::{serve as serve_backend, ServerOptions};
 pub use service::FibService;
 
-/// Errors opening the service or the back-end server.
+/// Errors opening the service or the back-end server. Each prints its cause and exposes none
+/// as `source()`, so a chain printed with `{:#}` names it once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid [fib] config: {0}")]
     Config(String),
-    #[error("fib-backend cannot listen on {address}: {source}")]
+    #[error("fib-backend cannot listen on {address}: {error}")]
     Bind {
         address: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }

@@ -67,7 +67,8 @@ pub struct GeneratedCert {
     pub key_pem: String,
 }
 
-/// Errors making or writing certificates.
+/// Errors making or writing certificates. Each prints its cause and exposes none as
+/// `source()`, so a chain printed with `{:#}` names it once.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     #[error("invalid certificate field {field}: {problem}")]
@@ -78,15 +79,20 @@ pub enum CertError {
     #[error("generating the key: {0}")]
     Key(String),
     #[error("signing the certificate: {0}")]
-    Sign(#[from] rcgen::Error),
+    Sign(rcgen::Error),
     #[error("{path} already exists: refusing to overwrite it")]
     Exists { path: PathBuf },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}: {error}")]
     Write {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
+}
+
+impl From<rcgen::Error> for CertError {
+    fn from(error: rcgen::Error) -> Self {
+        CertError::Sign(error)
+    }
 }
 
 /// Makes a self-signed certificate (serial 1000, CA:FALSE) for `request`.
@@ -212,9 +218,9 @@ pub fn write_files(
 
 /// Creates `path` (never overwriting) with `mode` and writes `contents`.
 pub fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), CertError> {
-    let io = |source| CertError::Write {
+    let io = |error| CertError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut file = fs::OpenOptions::new()
         .write(true)

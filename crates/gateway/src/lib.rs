@@ -30,21 +30,14 @@ pub use server::{Gateway, ListenerInfo};
 /// Name of the admin service (`/readyz`, `/metrics`); `/healthz` is on every listener.
 pub const ADMIN: &str = "admin";
 
-/// Errors of the gateway.
+/// Errors of the gateway. Each prints its cause and exposes none as `source()`, so a chain
+/// printed with `{:#}` names it once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("binding {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
+    #[error("binding {addr}: {error}")]
+    Bind { addr: String, error: std::io::Error },
     #[error("TLS {path}: {problem}")]
     Tls { path: PathBuf, problem: String },
     #[error(transparent)]

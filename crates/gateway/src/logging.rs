@@ -148,14 +148,14 @@ fn writers(config: &LogConfig) -> Result<Writers, Error> {
                 path: dir.clone(),
                 created: !dir.exists(),
             }];
-            fs::create_dir_all(dir).map_err(|source| Error::Io {
+            fs::create_dir_all(dir).map_err(|error| Error::Io {
                 what: format!("creating log.dir {}", dir.display()),
-                source,
+                error,
             })?;
             let handle =
-                Dir::open_ambient_dir(dir, ambient_authority()).map_err(|source| Error::Io {
+                Dir::open_ambient_dir(dir, ambient_authority()).map_err(|error| Error::Io {
                     what: format!("opening log.dir {}", dir.display()),
-                    source,
+                    error,
                 })?;
             let handle = Arc::new(handle);
             let mut file = |name: &str| {
@@ -163,9 +163,9 @@ fn writers(config: &LogConfig) -> Result<Writers, Error> {
                 let created = !path.exists();
                 let file =
                     RotatingFile::open_in(handle.clone(), name, config.max_bytes, config.backups)
-                        .map_err(|source| Error::Io {
+                        .map_err(|error| Error::Io {
                         what: format!("opening log file {}", path.display()),
-                        source,
+                        error,
                     })?;
                 // A file that existed is appended to through the open descriptor and renamed
                 // by rotation (which needs only the directory): its owner need not change.

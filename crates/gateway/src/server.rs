@@ -176,9 +176,9 @@ fn bind_listener(
     config: &GatewayConfig,
     workers: usize,
 ) -> Result<BoundListener, Error> {
-    let bind_error = |source| Error::Bind {
+    let bind_error = |error| Error::Bind {
         addr: listener.addr.clone(),
-        source,
+        error,
     };
     let wanted: SocketAddr = listener.addr.parse().map_err(|_| {
         bind_error(std::io::Error::new(

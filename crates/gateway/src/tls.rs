@@ -61,9 +61,9 @@ pub fn ensure_self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf), Error> 
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
-    fs::create_dir_all(&dir).map_err(|source| Error::Io {
+    fs::create_dir_all(&dir).map_err(|error| Error::Io {
         what: format!("creating {}", dir.display()),
-        source,
+        error,
     })?;
     let mut request = CertRequest::new("localhost", KeyKind::EcdsaP256);
     request.san_ips = vec![
@@ -106,9 +106,9 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
 }
 
 fn open(path: &Path) -> Result<fs::File, Error> {
-    fs::File::open(path).map_err(|source| Error::Io {
+    fs::File::open(path).map_err(|error| Error::Io {
         what: format!("opening {}", path.display()),
-        source,
+        error,
     })
 }
 

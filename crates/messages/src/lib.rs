@@ -23,19 +23,25 @@ pub use response::ApiError;
 /// File name of the embedded store inside the data directory.
 pub const EMBEDDED_FILE: &str = "messages.redb";
 
-/// Errors opening the service.
+/// Errors opening the service. Each prints its cause and exposes none as `source()`, so a
+/// chain printed with `{:#}` names it once.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid [messages] config: {0}")]
     Config(String),
-    #[error("creating data directory {path}: {source}")]
+    #[error("creating data directory {path}: {error}")]
     DataDir {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("opening the message store: {0}")]
-    Store(#[from] store::StoreError),
+    Store(store::StoreError),
+}
+
+impl From<store::StoreError> for Error {
+    fn from(error: store::StoreError) -> Self {
+        Error::Store(error)
+    }
 }
 
 /// The running service: owns its store.
@@ -80,9 +86,9 @@ impl MessagesService {
 }
 
 async fn open_embedded(data_dir: &Path, cache_bytes: usize) -> Result<EmbeddedStore, Error> {
-    std::fs::create_dir_all(data_dir).map_err(|source| Error::DataDir {
+    std::fs::create_dir_all(data_dir).map_err(|error| Error::DataDir {
         path: data_dir.to_path_buf(),
-        source,
+        error,
     })?;
     let path = data_dir.join(EMBEDDED_FILE);
     let store = EmbeddedStore::open(&path, cache_bytes).await?;

@@ -1,6 +1,6 @@
 //! The config file: parsed into raw serde structs (unknown keys are errors naming the key),
-//! overridden by `PORTICO_<SECTION>_<KEY>` environment variables, then validated as a whole
-//! with every problem reported.
+//! overridden by `PORTICO_<SECTION>_<KEY>` environment variables (each read as its key's
+//! type, listed in [`ENV_OVERRIDES`]), then validated as a whole with every problem reported.
 
 use std::path::{Path, PathBuf};
 
@@ -58,15 +58,53 @@ fn default_listeners() -> Vec<ListenerConfig> {
     ]
 }
 
-/// Environment variables that override the file, with the TOML key each sets.
-pub const ENV_OVERRIDES: &[(&str, &str, &str)] = &[
-    ("PORTICO_DATA_DIR", "", "data_dir"),
-    ("PORTICO_USER", "", "user"),
-    ("PORTICO_LOG_DIR", "log", "dir"),
-    ("PORTICO_LOG_LEVEL", "log", "level"),
-    ("PORTICO_MESSAGES_STORE", "messages", "store"),
-    ("PORTICO_REGION_DATA", "region", "data"),
-    ("PORTICO_FIB_LIMIT", "fib", "limit"),
+/// The TOML type of the key an environment variable overrides. The variable's text is read
+/// as this type, never guessed from how it looks: `PORTICO_USER=1000` is a user name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvKind {
+    /// A string or a path: the text as it is.
+    Text,
+    /// An integer (decimal, optional sign).
+    Integer,
+    /// `true` or `false`.
+    // No boolean key has an override yet; the kind is tested so the first one just works.
+    #[allow(dead_code)]
+    Bool,
+}
+
+/// One environment variable that overrides a key of the file.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvOverride {
+    pub var: &'static str,
+    /// The key's table; empty for a top-level key.
+    pub section: &'static str,
+    pub key: &'static str,
+    pub kind: EnvKind,
+}
+
+const fn env_override(
+    var: &'static str,
+    section: &'static str,
+    key: &'static str,
+    kind: EnvKind,
+) -> EnvOverride {
+    EnvOverride {
+        var,
+        section,
+        key,
+        kind,
+    }
+}
+
+/// Environment variables that override the file: the one list of them.
+pub const ENV_OVERRIDES: &[EnvOverride] = &[
+    env_override("PORTICO_DATA_DIR", "", "data_dir", EnvKind::Text),
+    env_override("PORTICO_USER", "", "user", EnvKind::Text),
+    env_override("PORTICO_LOG_DIR", "log", "dir", EnvKind::Text),
+    env_override("PORTICO_LOG_LEVEL", "log", "level", EnvKind::Text),
+    env_override("PORTICO_MESSAGES_STORE", "messages", "store", EnvKind::Text),
+    env_override("PORTICO_REGION_DATA", "region", "data", EnvKind::Text),
+    env_override("PORTICO_FIB_LIMIT", "fib", "limit", EnvKind::Integer),
 ];
 
 impl Config {
@@ -100,10 +138,9 @@ impl Config {
     ) -> anyhow::Result<Config> {
         let mut table: toml::Table = toml::from_str(text)?;
         let env: Vec<(String, String)> = env.collect();
-        for (var, section, key) in ENV_OVERRIDES {
-            if let Some((_, value)) = env.iter().find(|(name, _)| name == var) {
-                set_override(&mut table, section, key, value)
-                    .with_context(|| format!("environment variable {var}"))?;
+        for entry in ENV_OVERRIDES {
+            if let Some((_, value)) = env.iter().find(|(name, _)| name == entry.var) {
+                entry.apply(&mut table, value)?;
             }
         }
         Ok(Config::deserialize(table)?)
@@ -134,33 +171,55 @@ impl Config {
     }
 }
 
-/// Sets `section.key` (or a top-level `key`) to `value`: TOML syntax when it parses as a
-/// number or boolean, else a string.
-fn set_override(
-    table: &mut toml::Table,
-    section: &str,
-    key: &str,
-    value: &str,
-) -> anyhow::Result<()> {
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .filter(|v| v.is_integer() || v.is_bool() || v.is_float())
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    let target = if section.is_empty() {
-        table
-    } else {
-        let entry = table
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        match entry {
-            toml::Value::Table(inner) => inner,
-            _ => bail!("[{section}] in the file is not a table"),
+impl EnvOverride {
+    /// Sets the key in `table` to `text` read as the key's kind; an error names the variable.
+    fn apply(&self, table: &mut toml::Table, text: &str) -> anyhow::Result<()> {
+        let value = self
+            .value(text)
+            .with_context(|| format!("environment variable {}", self.var))?;
+        let target = if self.section.is_empty() {
+            table
+        } else {
+            let entry = table
+                .entry(self.section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(inner) => inner,
+                _ => bail!(
+                    "environment variable {}: [{}] in the file is not a table",
+                    self.var,
+                    self.section
+                ),
+            }
+        };
+        target.insert(self.key.to_string(), value);
+        Ok(())
+    }
+
+    fn value(&self, text: &str) -> anyhow::Result<toml::Value> {
+        let key = self.dotted_key();
+        match self.kind {
+            EnvKind::Text => Ok(toml::Value::String(text.to_string())),
+            EnvKind::Integer => text
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| anyhow::anyhow!("{key} takes an integer, got {text:?}")),
+            EnvKind::Bool => match text {
+                "true" => Ok(toml::Value::Boolean(true)),
+                "false" => Ok(toml::Value::Boolean(false)),
+                _ => bail!("{key} takes true or false, got {text:?}"),
+            },
         }
-    };
-    target.insert(key.to_string(), parsed);
-    Ok(())
+    }
+
+    /// `section.key`, or `key` at the top level (for messages).
+    fn dotted_key(&self) -> String {
+        if self.section.is_empty() {
+            self.key.to_string()
+        } else {
+            format!("{}.{}", self.section, self.key)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -208,6 +267,74 @@ mod tests {
         let config = Config::parse("[log]\nlevel = \"warn\"\n", env.into_iter()).unwrap();
         assert_eq!(config.log.level, "debug");
         assert_eq!(config.fib.limit, 50);
+    }
+
+    fn with_env(text: &str, vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::parse(text, env)
+    }
+
+    #[test]
+    fn string_overrides_stay_strings_whatever_they_look_like() {
+        let config = with_env(
+            "",
+            &[
+                ("PORTICO_USER", "1000"),
+                ("PORTICO_LOG_LEVEL", "true"),
+                ("PORTICO_DATA_DIR", "1e3"),
+                ("PORTICO_MESSAGES_STORE", "2024-01-01"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.user.as_deref(), Some("1000"));
+        assert_eq!(config.log.level, "true");
+        assert_eq!(config.data_dir, PathBuf::from("1e3"));
+        assert_eq!(config.messages.store.as_deref(), Some("2024-01-01"));
+    }
+
+    #[test]
+    fn integer_override_with_other_text_names_the_variable_and_the_type() {
+        for bad in ["fifty", "5.0", "", "true"] {
+            let err = format!(
+                "{:#}",
+                with_env("", &[("PORTICO_FIB_LIMIT", bad)]).unwrap_err()
+            );
+            assert!(err.contains("PORTICO_FIB_LIMIT"), "{err}");
+            assert!(err.contains("an integer"), "{err}");
+        }
+    }
+
+    #[test]
+    fn every_override_sets_a_key_of_its_declared_type() {
+        // A value of the declared kind must deserialize: a table entry with the wrong kind
+        // (a path marked as an integer, a count marked as text) fails here.
+        for entry in ENV_OVERRIDES {
+            let sample = match entry.kind {
+                EnvKind::Text => "1000",
+                EnvKind::Integer => "7",
+                EnvKind::Bool => "true",
+            };
+            with_env("", &[(entry.var, sample)])
+                .unwrap_or_else(|e| panic!("{} = {sample}: {e:#}", entry.var));
+        }
+    }
+
+    #[test]
+    fn boolean_overrides_take_true_or_false_only() {
+        let flag = EnvOverride {
+            var: "PORTICO_TEST_FLAG",
+            section: "s",
+            key: "flag",
+            kind: EnvKind::Bool,
+        };
+        let mut table = toml::Table::new();
+        flag.apply(&mut table, "false").unwrap();
+        assert_eq!(table["s"]["flag"], toml::Value::Boolean(false));
+        let err = format!("{:#}", flag.apply(&mut table, "yes").unwrap_err());
+        assert!(
+            err.contains("PORTICO_TEST_FLAG") && err.contains("true or false"),
+            "{err}"
+        );
     }
 
     #[test]

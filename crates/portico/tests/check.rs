@@ -52,5 +52,62 @@ fn check_fails_when_nothing_listens() {
         .port();
     let out = check(&format!("http://127.0.0.1:{port}"), None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("FAILED"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FAILED"), "{stderr}");
+    // The reason, from deep in reqwest's error chain, named once.
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+}
+
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn check_with_timeout(timeout: &str) -> std::process::Output {
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    Command::new(BIN)
+        .args(["check", &url, "--timeout", timeout])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn huge_timeout_is_refused_naming_the_flag_without_a_panic() {
+    for huge in [
+        "999999999999999999s",
+        "999999999999999999m",
+        "99999999999999999999999999h",
+        "300years",
+    ] {
+        let out = check_with_timeout(huge);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{huge}: {stderr}");
+        assert!(stderr.contains("--timeout"), "{huge}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{huge}: {stderr}");
+    }
+}
+
+#[test]
+fn longest_allowed_timeout_works_against_a_closed_port() {
+    // The largest value accepted goes through reqwest and tokio's timers without overflow;
+    // the refused connection ends the check at once.
+    let out = check_with_timeout("1day");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("FAILED"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn timeout_takes_human_durations() {
+    let out = check_with_timeout("1m 30s");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -110,40 +110,14 @@ fn node(text: &str) -> Option<IpAddr> {
     host.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
-/// The first `regionHint` in `query`, URL-decoded and lower-cased; an empty value counts as
-/// absent. The name is case-sensitive.
+/// The first `regionHint` in `query`, decoded as `application/x-www-form-urlencoded` (`+` is
+/// a space, `%XX` a byte, a bad escape stays as written, bytes that are not UTF-8 become
+/// U+FFFD: what Werkzeug does) and lower-cased; an empty value counts as absent. The name is
+/// case-sensitive.
 pub fn region_hint(query: Option<&str>) -> Option<String> {
-    let query = query?;
-    let value = query.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(name) == "regionHint").then(|| decode(value))
-    })?;
+    let (_, value) =
+        form_urlencoded::parse(query?.as_bytes()).find(|(name, _)| name == "regionHint")?;
     (!value.is_empty()).then(|| value.to_lowercase())
-}
-
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; a bad escape
-/// stays as written and bytes that are not UTF-8 become U+FFFD (what Werkzeug does).
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() && hex_pair(bytes[i + 1], bytes[i + 2]).is_some() => {
-                out.extend(hex_pair(bytes[i + 1], bytes[i + 2]));
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_pair(a: u8, b: u8) -> Option<u8> {
-    let digit = |c: u8| (c as char).to_digit(16);
-    Some((digit(a)? * 16 + digit(b)?) as u8)
 }
 
 #[cfg(test)]
@@ -243,6 +217,22 @@ mod tests {
         assert_eq!(region_hint(Some("regionHint=+x%20")), Some(" x ".into()));
         assert_eq!(region_hint(Some("region%48int=abc")), Some("abc".into()));
         assert_eq!(region_hint(Some("regionHint=%zz")), Some("%zz".into()));
+    }
+
+    #[test]
+    fn hint_escapes_decode_as_utf8_and_bad_bytes_become_replacement_characters() {
+        assert_eq!(region_hint(Some("regionHint=%C3%89u")), Some("éu".into()));
+        assert_eq!(
+            region_hint(Some("regionHint=a%FFb")),
+            Some("a\u{fffd}b".into())
+        );
+        assert_eq!(region_hint(Some("regionHint=x%4")), Some("x%4".into()));
+        assert_eq!(region_hint(Some("regionHint=%%41")), Some("%a".into()));
+        assert_eq!(region_hint(Some("&&regionHint=a=b")), Some("a=b".into()));
+        assert_eq!(
+            region_hint(Some("region+Hint=x&regionHint=y")),
+            Some("y".into())
+        );
     }
 
     #[test]

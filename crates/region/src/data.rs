@@ -95,12 +95,8 @@ impl From<ini::Problem> for DataProblem {
 /// Why the data could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read region data {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read region data {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("region data {path} is not valid:\n{}", list(.problems))]
     Invalid {
         path: String,
@@ -128,9 +124,9 @@ impl RegionData {
     /// Reads and builds the file at `path`.
     pub fn load(path: &Path, options: BuildOptions) -> Result<RegionData, DataError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| DataError::Read {
+        let bytes = std::fs::read(path).map_err(|error| DataError::Read {
             path: shown.clone(),
-            source,
+            error,
         })?;
         Self::from_bytes(&bytes, options).map_err(|problems| DataError::Invalid {
             path: shown,

@@ -38,7 +38,9 @@ pub struct LegacyPaths {
     pub region_data: PathBuf,
 }
 
-/// The original's start-up errors, with its wording (and the details it left out).
+/// The original's start-up errors, with its wording (and the details it left out). The
+/// wording is the original's, so an I/O cause is not printed in the message but exposed as
+/// `source()`: `portico regioninfo` prints the chain (`{:#}`), which names it once, after it.
 #[derive(Debug, thiserror::Error)]
 pub enum LegacyError {
     #[error("Could not find specified configuration file \"{0}\"")]

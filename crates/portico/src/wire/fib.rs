@@ -75,9 +75,9 @@ fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
-            .map_err(|source| fib::Error::Bind {
+            .map_err(|error| fib::Error::Bind {
                 address: args.listen.clone(),
-                source,
+                error,
             })?;
         let bound = listener.local_addr().context("reading the bound address")?;
         // Scripts and tests read this line to learn the port (with --listen ...:0).

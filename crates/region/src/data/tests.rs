@@ -312,4 +312,9 @@ fn load_names_the_file() {
         .unwrap_err()
         .to_string();
     assert!(message.starts_with(&format!("cannot read region data {}", gone.display())));
+    // The cause is in the message itself (log lines print `error = %err`).
+    assert!(
+        message.ends_with("No such file or directory (os error 2)"),
+        "{message}"
+    );
 }
