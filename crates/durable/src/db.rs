@@ -11,7 +11,7 @@ use crate::error::is_disk_full;
 use crate::open::Opener;
 use crate::shared::Shared;
 use crate::writer::{Message, Pending, Settings, Writer};
-use crate::{Error, Health, Options, Schema};
+use crate::{Error, Health, Options, RedbError, Schema};
 
 /// A redb database that survives its disk (see the crate documentation).
 pub struct Db<S: Schema> {
@@ -116,12 +116,12 @@ impl<S: Schema> Db<S> {
     /// error breaks it (and starts its reopening).
     pub fn read<T>(
         &self,
-        read: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+        read: impl FnOnce(&redb::ReadTransaction) -> Result<T, RedbError>,
     ) -> Result<T, Error> {
         let db = self.inner.shared.current()?;
         let outcome = db
             .begin_read()
-            .map_err(redb::Error::from)
+            .map_err(RedbError::from)
             .and_then(|txn| read(&txn));
         outcome.map_err(|error| {
             let (error, broke) = self.inner.shared.failed(&db, "reading", error);

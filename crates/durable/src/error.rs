@@ -93,6 +93,33 @@ impl Error {
     }
 }
 
+/// A redb error, boxed: what [`crate::Schema`] methods and [`crate::Db::read`] closures
+/// return. `?` converts every redb error type into it. (`redb::Error` itself is 160 bytes, too
+/// large to return through every call on the hot path.)
+#[derive(Debug)]
+pub struct RedbError(Box<redb::Error>);
+
+impl RedbError {
+    /// The redb error.
+    pub fn inner(&self) -> &redb::Error {
+        &self.0
+    }
+}
+
+impl fmt::Display for RedbError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for RedbError {}
+
+impl<E: Into<redb::Error>> From<E> for RedbError {
+    fn from(error: E) -> Self {
+        RedbError(Box::new(error.into()))
+    }
+}
+
 /// What a redb error means for the database that returned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
@@ -104,8 +131,8 @@ pub(crate) enum Failure {
     Other,
 }
 
-pub(crate) fn classify(error: &redb::Error) -> Failure {
-    match error {
+pub(crate) fn classify(error: &RedbError) -> Failure {
+    match error.inner() {
         redb::Error::Io(io) => Failure::Io {
             disk_full: io_is_disk_full(io),
         },
@@ -124,6 +151,8 @@ pub fn is_disk_full(error: &(dyn std::error::Error + 'static)) -> bool {
             io_is_disk_full(io)
         } else if let Some(redb::Error::Io(io)) = error.downcast_ref::<redb::Error>() {
             io_is_disk_full(io)
+        } else if let Some(RedbError(boxed)) = error.downcast_ref::<RedbError>() {
+            matches!(&**boxed, redb::Error::Io(io) if io_is_disk_full(io))
         } else if let Some(redb::StorageError::Io(io)) = error.downcast_ref::<redb::StorageError>()
         {
             io_is_disk_full(io)
@@ -178,6 +207,7 @@ mod tests {
         )))));
         assert!(is_disk_full(&redb::Error::Io(os(Errno::ENOSPC))));
         assert!(is_disk_full(&redb::StorageError::Io(os(Errno::ENOSPC))));
+        assert!(is_disk_full(&RedbError::from(os(Errno::ENOSPC))));
     }
 
     #[test]
@@ -189,12 +219,14 @@ mod tests {
 
     #[test]
     fn redb_errors_are_sorted_by_what_they_mean_for_the_database() {
-        let full = redb::Error::Io(os(Errno::ENOSPC));
-        let eio = redb::Error::Io(os(Errno::EIO));
+        let full = RedbError::from(os(Errno::ENOSPC));
+        let eio = RedbError::from(redb::StorageError::Io(os(Errno::EIO)));
         assert_eq!(classify(&full), Failure::Io { disk_full: true });
         assert_eq!(classify(&eio), Failure::Io { disk_full: false });
-        assert_eq!(classify(&redb::Error::PreviousIo), Failure::PreviousIo);
-        assert_eq!(classify(&redb::Error::ValueTooLarge(1)), Failure::Other);
+        let previous = RedbError::from(redb::StorageError::PreviousIo);
+        assert_eq!(classify(&previous), Failure::PreviousIo);
+        let too_large = RedbError::from(redb::Error::ValueTooLarge(1));
+        assert_eq!(classify(&too_large), Failure::Other);
     }
 
     #[test]

@@ -40,7 +40,7 @@ mod writer;
 use std::time::Duration;
 
 pub use db::Db;
-pub use error::{is_disk_full, Error, Health};
+pub use error::{is_disk_full, Error, Health, RedbError};
 pub use faults::{Fault, Faults, UnreliableBackend};
 
 /// What a database holds and how one batch of writes is applied to it.
@@ -57,7 +57,7 @@ pub trait Schema: Send + 'static {
     /// Creates the tables the schema uses if they are missing. Called inside the write
     /// transaction that opens (and after an I/O error, reopens) the database, so readers never
     /// find a table missing.
-    fn create_tables(&self, txn: &redb::WriteTransaction) -> Result<(), redb::Error>;
+    fn create_tables(&self, txn: &redb::WriteTransaction) -> Result<(), RedbError>;
 
     /// Applies `ops` in order inside `txn`, pushing exactly one output per op onto `outputs`.
     /// An error aborts the whole batch: every op of it is answered with the error.
@@ -66,7 +66,7 @@ pub trait Schema: Send + 'static {
         txn: &redb::WriteTransaction,
         ops: &[Self::Op],
         outputs: &mut Vec<Self::Output>,
-    ) -> Result<(), redb::Error>;
+    ) -> Result<(), RedbError>;
 }
 
 /// Most ops committed in one transaction by default.

@@ -7,7 +7,7 @@ use cap_std::fs::{Dir, OpenOptions};
 use redb::backends::FileBackend;
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::{Faults, Schema, UnreliableBackend};
+use crate::{Faults, RedbError, Schema, UnreliableBackend};
 
 /// Opens of this database so far; its write proves a (re)opened database takes writes.
 const OPENS: TableDefinition<&str, u64> = TableDefinition::new("durable.opens");
@@ -36,7 +36,7 @@ impl Opener {
 
     /// Opens (creating if missing) the file relative to the directory handle, creates the
     /// schema's tables and commits one durable write.
-    pub(crate) fn open<S: Schema>(&self, schema: &S) -> Result<Database, redb::Error> {
+    pub(crate) fn open<S: Schema>(&self, schema: &S) -> Result<Database, RedbError> {
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true);
         let file = self.dir.open_with(&*self.file, &options)?.into_std();
@@ -56,7 +56,7 @@ impl Opener {
     }
 }
 
-fn prove<S: Schema>(db: &Database, schema: &S) -> Result<(), redb::Error> {
+fn prove<S: Schema>(db: &Database, schema: &S) -> Result<(), RedbError> {
     let txn = db.begin_write()?;
     schema.create_tables(&txn)?;
     {

@@ -13,7 +13,7 @@ use redb::Database;
 use tokio::sync::watch;
 
 use crate::error::{classify, Failure};
-use crate::{Error, Health};
+use crate::{Error, Health, RedbError};
 
 pub(crate) enum State {
     Open(Arc<Database>),
@@ -87,7 +87,7 @@ impl Shared {
         &self,
         db: &Arc<Database>,
         doing: &str,
-        error: redb::Error,
+        error: RedbError,
     ) -> (Error, bool) {
         let reason = format!("{doing} {}: {error}", self.file);
         let health = match classify(&error) {

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backoff::Backoff;
 use crate::open::Opener;
 use crate::shared::Shared;
-use crate::{Error, Options, Schema};
+use crate::{Error, Options, RedbError, Schema};
 
 /// What travels through the write queue.
 pub(crate) enum Message<S: Schema> {
@@ -203,7 +203,7 @@ fn apply_and_commit<S: Schema>(
     db: &Database,
     ops: &[S::Op],
     outputs: &mut Vec<S::Output>,
-) -> Result<(), redb::Error> {
+) -> Result<(), RedbError> {
     let txn = db.begin_write()?;
     schema.apply(&txn, ops, outputs)?;
     txn.commit()?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use durable::{Db, Error, Fault, Faults, Health, Options, Schema};
+use durable::{Db, Error, Fault, Faults, Health, Options, RedbError, Schema};
 use redb::{TableDefinition, WriteTransaction};
 
 const RECORDS: TableDefinition<u64, &str> = TableDefinition::new("records");
@@ -27,7 +27,7 @@ impl Schema for Records {
     type Op = (u64, String);
     type Output = ();
 
-    fn create_tables(&self, txn: &WriteTransaction) -> Result<(), redb::Error> {
+    fn create_tables(&self, txn: &WriteTransaction) -> Result<(), RedbError> {
         txn.open_table(RECORDS)?;
         Ok(())
     }
@@ -37,7 +37,7 @@ impl Schema for Records {
         txn: &WriteTransaction,
         ops: &[(u64, String)],
         outputs: &mut Vec<()>,
-    ) -> Result<(), redb::Error> {
+    ) -> Result<(), RedbError> {
         let mut table = txn.open_table(RECORDS)?;
         for (key, text) in ops {
             table.insert(key, text.as_str())?;
