@@ -19,8 +19,10 @@
 //! the config says `allow_root = true` (privilege drop has its own test).
 
 mod redis;
+mod tmpfs;
 
 pub use redis::{server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
+pub use tmpfs::Tmpfs;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
