@@ -28,7 +28,7 @@ pub(crate) struct Shared {
     health: watch::Sender<Health>,
     /// The database an I/O error broke, until the writer thread drops it (it must wait for
     /// readers to let go of it: redb locks the file until the last handle is dropped).
-    /// Locked for every transition.
+    /// Locked for every transition (state and health change together).
     retired: Mutex<Option<Arc<Database>>>,
 }
 
@@ -112,9 +112,10 @@ impl Shared {
         }
         *retired = Some(Arc::clone(db));
         self.state.store(Arc::new(State::Broken(health.clone())));
+        // Published under the lock, so a reopen cannot overtake it.
+        self.health.send_replace(health.clone());
         drop(retired);
         tracing::error!(file = %self.file, %health, "database broken; reopening it");
-        self.health.send_replace(health.clone());
         true
     }
 
@@ -141,8 +142,8 @@ impl Shared {
     pub(crate) fn reopened(&self, db: Database) {
         let _transition = self.lock_retired();
         self.state.store(Arc::new(State::Open(Arc::new(db))));
-        tracing::info!(file = %self.file, "database reopened; healthy again");
         self.health.send_replace(Health::Healthy);
+        tracing::info!(file = %self.file, "database reopened; healthy again");
     }
 
     fn lock_retired(&self) -> MutexGuard<'_, Option<Arc<Database>>> {
