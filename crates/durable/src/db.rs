@@ -6,11 +6,10 @@ use std::thread::JoinHandle;
 use cap_std::fs::Dir;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::backoff::Backoff;
 use crate::error::is_disk_full;
 use crate::open::Opener;
 use crate::shared::Shared;
-use crate::writer::{Message, Pending, Settings, Writer};
+use crate::writer::{Message, Pending, Writer};
 use crate::{Error, Health, Options, RedbError, Schema};
 
 /// A redb database that survives its disk (see the crate documentation).
@@ -63,22 +62,13 @@ impl<S: Schema> Db<S> {
         })?;
         let shared = Arc::new(Shared::new(Arc::clone(&file), db));
         let (writes, queue) = mpsc::channel(options.queue_capacity.max(1));
-        let timer = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .map_err(|e| Error::failed(format!("starting the writer of {file}: {e}")))?;
-        let writer = Writer::new(
-            schema,
-            Arc::clone(&shared),
-            queue,
-            opener,
-            Settings::from(&options),
-            Backoff::new(options.reopen_backoff_min, options.reopen_backoff_max),
-            timer,
-        );
-        let thread = std::thread::Builder::new()
-            .name(options.thread_name.clone())
-            .spawn(move || writer.run())
+        let writer = Writer::new(schema, Arc::clone(&shared), queue, opener, &options);
+        let thread = writer
+            .and_then(|writer| {
+                std::thread::Builder::new()
+                    .name(options.thread_name.clone())
+                    .spawn(move || writer.run())
+            })
             .map_err(|e| Error::failed(format!("starting the writer of {file}: {e}")))?;
         let inner = Inner {
             shared,

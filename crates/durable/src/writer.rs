@@ -37,20 +37,10 @@ pub(crate) struct Pending<S: Schema> {
 pub(crate) type Queue<S> = mpsc::Receiver<Message<S>>;
 
 /// The settings the thread needs from [`Options`].
-pub(crate) struct Settings {
-    pub(crate) max_batch: usize,
-    pub(crate) linger: Duration,
-    pub(crate) batch_metric: &'static str,
-}
-
-impl Settings {
-    pub(crate) fn from(options: &Options) -> Settings {
-        Settings {
-            max_batch: options.max_batch.max(1),
-            linger: options.linger,
-            batch_metric: options.batch_metric,
-        }
-    }
+struct Settings {
+    max_batch: usize,
+    linger: Duration,
+    batch_metric: &'static str,
 }
 
 /// Whether the thread goes on.
@@ -66,7 +56,7 @@ pub(crate) struct Writer<S: Schema> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) queue: Queue<S>,
     pub(crate) opener: Opener,
-    pub(crate) settings: Settings,
+    settings: Settings,
     pub(crate) backoff: Backoff,
     /// Drives the queue with a timeout while the database is broken (the hot path uses
     /// `blocking_recv` and never touches it).
@@ -82,31 +72,36 @@ struct Batch<S: Schema> {
 }
 
 impl<S: Schema> Writer<S> {
-    #[allow(clippy::too_many_arguments)]
+    /// The thread's state; fails only if its timer runtime cannot be built.
     pub(crate) fn new(
         schema: S,
         shared: Arc<Shared>,
         queue: Queue<S>,
         opener: Opener,
-        settings: Settings,
-        backoff: Backoff,
-        timer: tokio::runtime::Runtime,
-    ) -> Writer<S> {
-        let capacity = settings.max_batch;
-        Writer {
+        options: &Options,
+    ) -> std::io::Result<Writer<S>> {
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        let capacity = options.max_batch.max(1);
+        Ok(Writer {
             schema,
             shared,
             queue,
             opener,
-            settings,
-            backoff,
+            settings: Settings {
+                max_batch: capacity,
+                linger: options.linger,
+                batch_metric: options.batch_metric,
+            },
+            backoff: Backoff::new(options.reopen_backoff_min, options.reopen_backoff_max),
             timer,
             batch: Batch {
                 ops: Vec::with_capacity(capacity),
                 waiters: Vec::with_capacity(capacity),
                 outputs: Vec::with_capacity(capacity),
             },
-        }
+        })
     }
 
     pub(crate) fn run(mut self) {
