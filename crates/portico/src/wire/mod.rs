@@ -23,7 +23,6 @@ pub struct Context<'a> {
     /// The data directory, opened before privileges were dropped: open files through it.
     pub data_dir: &'a DataDir,
     /// Register checks that make `/readyz` fail while the service cannot serve.
-    #[allow(dead_code)] // the messages store registers its disk health (next commit)
     pub readiness: &'a Readiness,
     /// Start background tasks through this (stopped after the service's stop hook).
     pub background: Background,
