@@ -1,11 +1,8 @@
 //! What one listener answers with (`ListenerApp`): the router of the services it mounts,
 //! `/healthz`, the admin service (`/readyz`, `/metrics`), and the gateway's JSON errors.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use service::{Readiness, Service};
 use tower::util::MapResponseLayer;
 
 use crate::config::{LimitsConfig, ListenerConfig};
@@ -21,10 +19,13 @@ use crate::request_metrics;
 use crate::service::{Limits, ListenerApp};
 use crate::ADMIN;
 
-/// Built-in services by name; each router carries its routes' full paths.
-#[derive(Clone, Default)]
+pub(crate) use service::{error_response, json_response};
+
+/// The built-in services of a process, each one value with its routes, background tasks and
+/// lifecycle hooks (`service::Service`), in the order they were opened.
+#[derive(Default)]
 pub struct Services {
-    routers: BTreeMap<String, Router>,
+    list: Vec<Service>,
 }
 
 impl Services {
@@ -32,14 +33,22 @@ impl Services {
         Services::default()
     }
 
-    /// Adds a service. `admin` is the gateway's own and needs no router.
-    pub fn insert(&mut self, name: &str, router: Router) {
-        self.routers.insert(name.to_string(), router);
+    /// Adds a service. `admin` is the gateway's own and needs none.
+    pub fn insert(&mut self, service: Service) {
+        self.list.retain(|s| s.name() != service.name());
+        self.list.push(service);
+    }
+
+    fn router(&self, name: &str) -> Option<&Router> {
+        self.list
+            .iter()
+            .find(|s| s.name() == name)
+            .map(Service::router)
     }
 
     /// Names a listener may mount: every inserted service and `admin`.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.routers.keys().cloned().collect();
+        let mut names: Vec<String> = self.list.iter().map(|s| s.name().to_string()).collect();
         names.push(ADMIN.to_string());
         names.sort();
         names
@@ -52,12 +61,25 @@ impl Services {
         }
         let mut names: Vec<String> = wanted
             .iter()
-            .filter(|name| name.as_str() == ADMIN || self.routers.contains_key(*name))
+            .filter(|name| name.as_str() == ADMIN || self.router(name).is_some())
             .cloned()
             .collect();
         names.sort();
         names.dedup();
         names
+    }
+
+    /// Every service's drain hook, all at once.
+    pub(crate) async fn drain(&mut self) {
+        futures::future::join_all(self.list.iter_mut().map(Service::drain)).await;
+    }
+
+    /// Every service's stop hook and background tasks, in reverse order of opening (a service
+    /// opened later may use one opened earlier).
+    pub(crate) async fn stop(&mut self, grace: std::time::Duration) {
+        for service in self.list.iter_mut().rev() {
+            service.stop(grace).await;
+        }
     }
 }
 
@@ -68,7 +90,7 @@ pub(crate) fn listener_app(
     listener: &ListenerConfig,
     services: &Services,
     limits: &LimitsConfig,
-    ready: &Arc<AtomicBool>,
+    readiness: &Readiness,
 ) -> ListenerApp {
     let mounted = services.expand(&listener.services);
     let healthz = healthz_body(&mounted);
@@ -77,7 +99,7 @@ pub(crate) fn listener_app(
     let healthz_route = Router::new().route("/healthz", get(healthz_handler(healthz.clone())));
     let mut router = tag(healthz_route, GATEWAY);
     for name in &mounted {
-        router = router.merge(mount(name, services, ready));
+        router = router.merge(mount(name, services, readiness));
     }
     ListenerApp {
         router: router
@@ -95,10 +117,10 @@ pub(crate) fn listener_app(
 /// The service name of the gateway's own answers in logs and metrics.
 const GATEWAY: &str = "gateway";
 
-fn mount(name: &str, services: &Services, ready: &Arc<AtomicBool>) -> Router {
-    let router = match services.routers.get(name) {
+fn mount(name: &str, services: &Services, readiness: &Readiness) -> Router {
+    let router = match services.router(name) {
         Some(router) => router.clone(),
-        None => admin_router(ready.clone()),
+        None => admin_router(readiness.clone()),
     };
     tag(router, name)
 }
@@ -126,22 +148,39 @@ fn healthz_body(mounted: &[String]) -> Bytes {
     ))
 }
 
-fn admin_router(ready: Arc<AtomicBool>) -> Router {
+fn admin_router(readiness: Readiness) -> Router {
     Router::new()
-        .route("/readyz", get(move || readyz(ready.clone())))
+        .route("/readyz", get(move || readyz(readiness.clone())))
         .route("/metrics", get(metrics_text))
 }
 
-async fn readyz(ready: Arc<AtomicBool>) -> Response {
-    if ready.load(Ordering::SeqCst) {
-        json_response(
-            StatusCode::OK,
-            Bytes::from_static(b"{\"status\":\"ready\"}\n"),
-        )
-    } else {
+/// 200 `{"status":"ready"}`; 503 `{"status":"draining"}` after SIGTERM; 503 `{"status":"not
+/// ready","problems":[{"service":..,"reason":..}]}` while a service's check fails.
+async fn readyz(readiness: Readiness) -> Response {
+    if readiness.is_draining() {
         let body = Bytes::from_static(b"{\"status\":\"draining\"}\n");
-        json_response(StatusCode::SERVICE_UNAVAILABLE, body)
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, body);
     }
+    let problems = readiness.problems();
+    if problems.is_empty() {
+        let body = Bytes::from_static(b"{\"status\":\"ready\"}\n");
+        return json_response(StatusCode::OK, body);
+    }
+    let listed: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{{\"service\":{},\"reason\":{}}}",
+                service::json_string(&p.service),
+                service::json_string(&p.reason)
+            )
+        })
+        .collect();
+    let body = format!(
+        "{{\"status\":\"not ready\",\"problems\":[{}]}}\n",
+        listed.join(",")
+    );
+    json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(body))
 }
 
 async fn metrics_text() -> Response {
@@ -183,38 +222,6 @@ async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "no service at this path")
 }
 
-/// The gateway's own error answers: JSON `{"error": "..."}`.
-pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
-    let body = format!("{{\"error\":{}}}\n", json_string(message));
-    json_response(status, Bytes::from(body))
-}
-
-fn json_response(status: StatusCode, body: Bytes) -> Response {
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// A JSON string literal for `text` (quotes, backslashes and control characters escaped).
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,13 +229,8 @@ mod tests {
     #[test]
     fn star_mounts_every_service_and_admin() {
         let mut services = Services::new();
-        services.insert("messages", Router::new());
+        services.insert(Service::new("messages", Router::new()));
         assert_eq!(services.expand(&["*".into()]), vec!["admin", "messages"]);
         assert_eq!(services.expand(&["messages".into()]), vec!["messages"]);
-    }
-
-    #[test]
-    fn error_messages_are_escaped_json() {
-        assert_eq!(json_string("a \"b\"\n"), "\"a \\\"b\\\"\\u000a\"");
     }
 }

@@ -83,6 +83,10 @@ pub struct LimitsConfig {
     /// On SIGTERM/SIGINT, how long in-flight requests may still run.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long `/readyz` answers 503 while everything still serves,
+    /// before accepting stops (time for a load balancer to notice).
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -94,6 +98,7 @@ impl Default for LimitsConfig {
             header_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
         }
     }
 }

@@ -40,8 +40,8 @@ pub enum Error {
     Bind { addr: String, error: std::io::Error },
     #[error("TLS {path}: {problem}")]
     Tls { path: PathBuf, problem: String },
-    #[error("privileges: {0}")]
-    Privilege(String),
+    #[error(transparent)]
+    Privilege(#[from] privilege::PrivilegeError),
     #[error("logging: {0}")]
     Logging(String),
 }

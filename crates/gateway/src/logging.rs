@@ -13,7 +13,10 @@
 
 use std::fs;
 use std::io::{self, BufWriter, Write};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
 
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::filter::EnvFilter;
@@ -22,6 +25,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::config::LogConfig;
+use crate::privilege::Handover;
 use crate::rotate::RotatingFile;
 use crate::Error;
 
@@ -94,11 +98,20 @@ pub fn access_log_enabled() -> bool {
 /// Keeps the log writers alive; dropping it flushes them.
 pub struct LogGuard {
     _guards: Vec<WorkerGuard>,
+    handover: Vec<Handover>,
+}
+
+impl LogGuard {
+    /// The log directory and the log files, each saying whether this start created it: what
+    /// an unprivileged user must own to rotate the logs (see `privilege`).
+    pub fn handover(&self) -> &[Handover] {
+        &self.handover
+    }
 }
 
 /// Installs the global subscriber. Call once, early.
 pub fn init(config: &LogConfig) -> Result<LogGuard, Error> {
-    let (app, access, guards) = writers(config)?;
+    let (app, access, guards, handover) = writers(config)?;
     let filter = EnvFilter::try_new(&config.level)
         .map_err(|e| Error::Logging(format!("log.level {:?}: {e}", config.level)))?;
     let app_layer = tracing_subscriber::fmt::layer()
@@ -110,10 +123,15 @@ pub fn init(config: &LogConfig) -> Result<LogGuard, Error> {
         .try_init()
         .map_err(|e| Error::Logging(e.to_string()))?;
     let _ = ACCESS_WRITER.set(config.access_log.then_some(access));
-    Ok(LogGuard { _guards: guards })
+    Ok(LogGuard {
+        _guards: guards,
+        handover,
+    })
 }
 
-fn writers(config: &LogConfig) -> Result<(NonBlocking, NonBlocking, Vec<WorkerGuard>), Error> {
+type Writers = (NonBlocking, NonBlocking, Vec<WorkerGuard>, Vec<Handover>);
+
+fn writers(config: &LogConfig) -> Result<Writers, Error> {
     let builder = || {
         NonBlockingBuilder::default()
             .lossy(false)
@@ -123,25 +141,42 @@ fn writers(config: &LogConfig) -> Result<(NonBlocking, NonBlocking, Vec<WorkerGu
         // One writer for both, so their lines never interleave mid-line on stderr.
         None => {
             let (writer, guard) = builder().finish(batched(io::stderr()));
-            Ok((writer.clone(), writer, vec![guard]))
+            Ok((writer.clone(), writer, vec![guard], Vec::new()))
         }
         Some(dir) => {
+            let mut handover = vec![Handover {
+                path: dir.clone(),
+                created: !dir.exists(),
+            }];
             fs::create_dir_all(dir).map_err(|error| Error::Io {
                 what: format!("creating log.dir {}", dir.display()),
                 error,
             })?;
-            let file = |name: &str| {
+            let handle =
+                Dir::open_ambient_dir(dir, ambient_authority()).map_err(|error| Error::Io {
+                    what: format!("opening log.dir {}", dir.display()),
+                    error,
+                })?;
+            let handle = Arc::new(handle);
+            let mut file = |name: &str| {
                 let path = dir.join(name);
-                RotatingFile::open(&path, config.max_bytes, config.backups).map_err(|error| {
-                    Error::Io {
+                let created = !path.exists();
+                let file =
+                    RotatingFile::open_in(handle.clone(), name, config.max_bytes, config.backups)
+                        .map_err(|error| Error::Io {
                         what: format!("opening log file {}", path.display()),
                         error,
-                    }
-                })
+                    })?;
+                // A file that existed is appended to through the open descriptor and renamed
+                // by rotation (which needs only the directory): its owner need not change.
+                if created {
+                    handover.push(Handover { path, created });
+                }
+                Ok::<_, Error>(file)
             };
             let (app, app_guard) = builder().finish(file("app.log")?);
             let (access, access_guard) = builder().finish(file("access.log")?);
-            Ok((app, access, vec![app_guard, access_guard]))
+            Ok((app, access, vec![app_guard, access_guard], handover))
         }
     }
 }

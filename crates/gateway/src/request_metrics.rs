@@ -5,6 +5,10 @@
 //! - `portico_http_request_duration_seconds{service}`, a histogram (time to the response
 //!   head) with fixed buckets from 0.5 ms to 10 s.
 //!
+//! A service may add a `route` label to a request (`service::RouteLabel` in the response's
+//! extensions, e.g. the managed service a proxied request went to); its values are interned
+//! and capped (`service::Label`), so series cannot grow without bound.
+//!
 //! Each worker thread records into series of its own and a scrape sums all workers' series.
 //! Through the `metrics` crate a request cost a shared atomic counter plus a push onto a
 //! shared sample queue, both contended between workers, and the queue then had to be folded
@@ -15,6 +19,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use service::Label;
 
 use crate::middleware::ServiceTag;
 
@@ -58,10 +64,13 @@ impl Durations {
 }
 
 /// Every worker's series, for rendering.
+/// A series' labels: the service, and the route label a service set (if any).
+type Names = (Arc<str>, Option<Arc<str>>);
+
 #[derive(Default)]
 struct Registry {
-    counts: Vec<(Arc<str>, u16, Arc<SingleWriterCounter>)>,
-    durations: Vec<(Arc<str>, Arc<Durations>)>,
+    counts: Vec<(Names, u16, Arc<SingleWriterCounter>)>,
+    durations: Vec<(Names, Arc<Durations>)>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -76,13 +85,17 @@ fn registry() -> MutexGuard<'static, Registry> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// This thread's series, found by the address of the service's name (tags live as long as
-/// their router). A short list searched in order: a listener mounts a handful of services.
+/// This thread's series, found by the addresses of the service's name (tags live as long as
+/// their router) and of the route label (interned for the life of the process). A short list
+/// searched in order: a listener mounts a handful of services.
 #[derive(Default)]
 struct ThreadSeries {
-    counts: Vec<(usize, u16, Arc<SingleWriterCounter>)>,
-    durations: Vec<(usize, Arc<Durations>)>,
+    counts: Vec<(Key, u16, Arc<SingleWriterCounter>)>,
+    durations: Vec<(Key, Arc<Durations>)>,
 }
+
+/// Addresses of the service name and the route label (0: none).
+type Key = (usize, usize);
 
 thread_local! {
     static SERIES: std::cell::RefCell<ThreadSeries> = std::cell::RefCell::default();
@@ -90,43 +103,54 @@ thread_local! {
 
 const UNTAGGED: &str = "none";
 
-/// Counts a request of `service` (none: answered by the gateway before any service) with
-/// `status`, which took `elapsed` to its response head.
-pub(crate) fn record(service: Option<&ServiceTag>, status: u16, elapsed: Duration) {
-    let address = service.map_or(0, |tag| Arc::as_ptr(&tag.0) as *const u8 as usize);
-    let name = || service.map_or_else(|| Arc::from(UNTAGGED), |tag| tag.0.clone());
+/// Counts a request of `service` (none: answered by the gateway before any service), labelled
+/// `route` by it, with `status`, which took `elapsed` to its response head.
+pub(crate) fn record(
+    service: Option<&ServiceTag>,
+    route: Option<&Label>,
+    status: u16,
+    elapsed: Duration,
+) {
+    let key = (
+        service.map_or(0, |tag| Arc::as_ptr(&tag.0) as *const u8 as usize),
+        route.map_or(0, Label::key),
+    );
+    let names = || {
+        let service = service.map_or_else(|| Arc::from(UNTAGGED), |tag| tag.0.clone());
+        (service, route.map(|label| label.text().clone()))
+    };
     SERIES.with_borrow_mut(|series| {
-        series.count(address, status, name).add(1);
-        series.durations(address, name).record(elapsed);
+        series.count(key, status, names).add(1);
+        series.durations(key, names).record(elapsed);
     });
 }
 
 impl ThreadSeries {
     fn count(
         &mut self,
-        address: usize,
+        key: Key,
         status: u16,
-        name: impl FnOnce() -> Arc<str>,
+        names: impl FnOnce() -> Names,
     ) -> &SingleWriterCounter {
         let found = self
             .counts
             .iter()
-            .position(|(a, s, _)| *a == address && *s == status);
+            .position(|(k, s, _)| *k == key && *s == status);
         let index = found.unwrap_or_else(|| {
             let counter = Arc::new(SingleWriterCounter::default());
-            registry().counts.push((name(), status, counter.clone()));
-            self.counts.push((address, status, counter));
+            registry().counts.push((names(), status, counter.clone()));
+            self.counts.push((key, status, counter));
             self.counts.len() - 1
         });
         &self.counts[index].2
     }
 
-    fn durations(&mut self, address: usize, name: impl FnOnce() -> Arc<str>) -> &Durations {
-        let found = self.durations.iter().position(|(a, _)| *a == address);
+    fn durations(&mut self, key: Key, names: impl FnOnce() -> Names) -> &Durations {
+        let found = self.durations.iter().position(|(k, _)| *k == key);
         let index = found.unwrap_or_else(|| {
             let durations = Arc::new(Durations::default());
-            registry().durations.push((name(), durations.clone()));
-            self.durations.push((address, durations));
+            registry().durations.push((names(), durations.clone()));
+            self.durations.push((key, durations));
             self.durations.len() - 1
         });
         &self.durations[index].1
@@ -143,26 +167,37 @@ pub(crate) fn render() -> String {
 }
 
 fn render_counts(registry: &Registry, out: &mut String) {
-    let mut totals: std::collections::BTreeMap<(&str, u16), u64> = Default::default();
-    for (service, status, counter) in &registry.counts {
-        *totals.entry((service, *status)).or_default() += counter.get();
+    let mut totals: std::collections::BTreeMap<(String, u16), u64> = Default::default();
+    for (names, status, counter) in &registry.counts {
+        *totals.entry((labels(names), *status)).or_default() += counter.get();
     }
     out.push_str("# HELP portico_http_requests_total Requests answered, by service and status.\n");
     out.push_str("# TYPE portico_http_requests_total counter\n");
-    for ((service, status), total) in totals {
-        let service = label_value(service);
+    for ((labels, status), total) in totals {
         let _ = writeln!(
             out,
-            "portico_http_requests_total{{service=\"{service}\",status=\"{status}\"}} {total}"
+            "portico_http_requests_total{{{labels},status=\"{status}\"}} {total}"
         );
     }
 }
 
+/// `service="NAME"` and, when set, `,route="ROUTE"`, escaped.
+fn labels((service, route): &Names) -> String {
+    match route {
+        Some(route) => format!(
+            "service=\"{}\",route=\"{}\"",
+            label_value(service),
+            label_value(route)
+        ),
+        None => format!("service=\"{}\"", label_value(service)),
+    }
+}
+
 fn render_durations(registry: &Registry, out: &mut String) {
-    let mut totals: std::collections::BTreeMap<&str, ([u64; BOUNDS_MICROS.len() + 1], u64)> =
+    let mut totals: std::collections::BTreeMap<String, ([u64; BOUNDS_MICROS.len() + 1], u64)> =
         Default::default();
-    for (service, durations) in &registry.durations {
-        let (buckets, sum) = totals.entry(service).or_default();
+    for (names, durations) in &registry.durations {
+        let (buckets, sum) = totals.entry(labels(names)).or_default();
         for (total, bucket) in buckets.iter_mut().zip(&durations.buckets) {
             *total += bucket.get();
         }
@@ -171,8 +206,7 @@ fn render_durations(registry: &Registry, out: &mut String) {
     const NAME: &str = "portico_http_request_duration_seconds";
     let _ = writeln!(out, "# HELP {NAME} Time to the response head, by service.");
     let _ = writeln!(out, "# TYPE {NAME} histogram");
-    for (service, (buckets, sum_micros)) in totals {
-        let service = label_value(service);
+    for (labels, (buckets, sum_micros)) in totals {
         let mut cumulative = 0;
         for (index, count) in buckets.iter().enumerate() {
             cumulative += count;
@@ -180,14 +214,11 @@ fn render_durations(registry: &Registry, out: &mut String) {
                 Some(bound) => format!("{}", *bound as f64 / 1e6),
                 None => "+Inf".to_owned(),
             };
-            let _ = writeln!(
-                out,
-                "{NAME}_bucket{{service=\"{service}\",le=\"{le}\"}} {cumulative}"
-            );
+            let _ = writeln!(out, "{NAME}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
         }
         let sum = sum_micros as f64 / 1e6;
-        let _ = writeln!(out, "{NAME}_sum{{service=\"{service}\"}} {sum}");
-        let _ = writeln!(out, "{NAME}_count{{service=\"{service}\"}} {cumulative}");
+        let _ = writeln!(out, "{NAME}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{NAME}_count{{{labels}}} {cumulative}");
     }
 }
 
@@ -216,9 +247,9 @@ mod tests {
             for _ in 0..3 {
                 scope.spawn(|| {
                     for _ in 0..100 {
-                        record(Some(&tag), 200, Duration::from_micros(700));
+                        record(Some(&tag), None, 200, Duration::from_micros(700));
                     }
-                    record(Some(&tag), 404, Duration::from_secs(20));
+                    record(Some(&tag), None, 404, Duration::from_secs(20));
                 });
             }
         });
@@ -262,9 +293,34 @@ mod tests {
 
     #[test]
     fn untagged_requests_count_as_none() {
-        std::thread::spawn(|| record(None, 503, Duration::from_millis(1)))
+        std::thread::spawn(|| record(None, None, 503, Duration::from_millis(1)))
             .join()
             .unwrap();
         assert!(render().contains("portico_http_requests_total{service=\"none\",status=\"503\"}"));
+    }
+
+    #[test]
+    fn a_route_label_set_by_a_service_is_a_series_of_its_own() {
+        let tag = ServiceTag::new("metrics-test-route");
+        let hello = Label::intern("hello");
+        std::thread::spawn(move || {
+            record(Some(&tag), Some(&hello), 200, Duration::from_micros(700));
+            record(
+                Some(&tag),
+                Some(&Label::intern("hello")),
+                200,
+                Duration::from_micros(700),
+            );
+            record(Some(&tag), None, 200, Duration::from_micros(700));
+        })
+        .join()
+        .unwrap();
+        let text = render();
+        let labelled = "portico_http_requests_total{service=\"metrics-test-route\",route=\"hello\",status=\"200\"}";
+        assert_eq!(line_value(&text, labelled), Some(2), "{text}");
+        let plain = "portico_http_requests_total{service=\"metrics-test-route\",status=\"200\"}";
+        assert_eq!(line_value(&text, plain), Some(1), "{text}");
+        let count = "portico_http_request_duration_seconds_count{service=\"metrics-test-route\",route=\"hello\"}";
+        assert_eq!(line_value(&text, count), Some(2), "{text}");
     }
 }

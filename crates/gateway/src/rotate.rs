@@ -3,17 +3,26 @@
 //! renamed `.1` (older ones shift to `.2` .. `.N`, the oldest is deleted) and a new one
 //! started. Lines are never split; a single line longer than `max_bytes` gets a file of its
 //! own. Writes are buffered: the caller flushes (the log writer thread does after each batch).
+//!
+//! Files are opened and renamed through a handle to their directory (cap-std's `Dir`), not by
+//! path, so rotation keeps working after Portico switched to a user who cannot reach the
+//! directory by its path (a log directory under root's 0700 home).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
 
 /// Buffer between the caller and the file.
 const BUFFER_BYTES: usize = 64 * 1024;
 
 /// See the module doc.
 pub struct RotatingFile {
-    path: PathBuf,
+    dir: Arc<Dir>,
+    name: String,
     max_bytes: u64,
     backups: usize,
     file: Option<BufWriter<File>>,
@@ -23,10 +32,25 @@ pub struct RotatingFile {
 }
 
 impl RotatingFile {
-    /// Opens (appending to) `path`.
+    /// Opens (appending to) `path`; rotation goes through a handle to its directory.
     pub fn open(path: &Path, max_bytes: u64, backups: usize) -> io::Result<Self> {
+        let parent = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+        let dir = Dir::open_ambient_dir(parent, ambient_authority())?;
+        RotatingFile::open_in(Arc::new(dir), name, max_bytes, backups)
+    }
+
+    /// Opens (appending to) the file `name` in `dir`.
+    pub fn open_in(dir: Arc<Dir>, name: &str, max_bytes: u64, backups: usize) -> io::Result<Self> {
         let mut file = RotatingFile {
-            path: path.to_path_buf(),
+            dir,
+            name: name.to_string(),
             max_bytes: max_bytes.max(1),
             backups,
             file: None,
@@ -38,19 +62,16 @@ impl RotatingFile {
     }
 
     fn reopen(&mut self) -> io::Result<()> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        let file = self.dir.open_with(&self.name, &options)?.into_std();
         self.size = file.metadata()?.len();
         self.file = Some(BufWriter::with_capacity(BUFFER_BYTES, file));
         Ok(())
     }
 
-    fn backup_path(&self, n: usize) -> PathBuf {
-        let mut name = self.path.clone().into_os_string();
-        name.push(format!(".{n}"));
-        PathBuf::from(name)
+    fn backup_name(&self, n: usize) -> String {
+        format!("{}.{n}", self.name)
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -58,16 +79,17 @@ impl RotatingFile {
             file.flush()?;
         }
         if self.backups == 0 {
-            File::create(&self.path)?;
+            self.dir.create(&self.name)?;
         } else {
-            let _ = fs::remove_file(self.backup_path(self.backups));
+            let _ = self.dir.remove_file(self.backup_name(self.backups));
             for n in (1..self.backups).rev() {
-                let from = self.backup_path(n);
-                if from.exists() {
-                    fs::rename(&from, self.backup_path(n + 1))?;
+                let from = self.backup_name(n);
+                if self.dir.exists(&from) {
+                    self.dir.rename(&from, &self.dir, self.backup_name(n + 1))?;
                 }
             }
-            fs::rename(&self.path, self.backup_path(1))?;
+            self.dir
+                .rename(&self.name, &self.dir, self.backup_name(1))?;
         }
         self.reopen()
     }
@@ -107,6 +129,7 @@ impl Write for RotatingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
@@ -173,6 +196,26 @@ mod tests {
         assert_eq!(
             fs::read_to_string(&path).unwrap(),
             "a line far longer than ten bytes\n"
+        );
+    }
+
+    #[test]
+    fn rotation_goes_through_the_directory_handle_not_the_path() {
+        let temp = tempfile::tempdir().unwrap();
+        let logs = temp.path().join("logs");
+        fs::create_dir(&logs).unwrap();
+        let mut log = RotatingFile::open(&logs.join("app.log"), 30, 2).unwrap();
+        log.write_all(b"first line of the log\n").unwrap();
+        // The path no longer leads to the directory (as for a user who cannot enter it).
+        let moved = temp.path().join("moved");
+        fs::rename(&logs, &moved).unwrap();
+        log.write_all(b"second line of the log\nthird line of the log\n")
+            .unwrap();
+        log.flush().unwrap();
+        assert_eq!(names(&moved), ["app.log", "app.log.1", "app.log.2"]);
+        assert_eq!(
+            fs::read_to_string(moved.join("app.log")).unwrap(),
+            "third line of the log\n"
         );
     }
 }

@@ -13,17 +13,18 @@
 //! socket and queue per worker, spread by a hash of the client's address) was measured
 //! too: no faster on the bench machine, and it lets a second server bind the same port.
 //!
-//! What happens on a connection is `connection`'s. On shutdown every worker stops accepting,
-//! asks its connections to finish (HTTP/1 closes after the in-flight response, HTTP/2 sends
-//! GOAWAY) and waits for them at most `drain_timeout`.
+//! What happens on a connection is `connection`'s. On shutdown (`shut_down`) `/readyz` turns
+//! 503 for `drain_delay`, then every worker stops accepting, asks its connections to finish
+//! (HTTP/1 closes after the in-flight response, HTTP/2 sends GOAWAY) and waits for them at
+//! most `drain_timeout` while the services drain; then the services stop.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use service::Readiness;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
@@ -90,15 +91,19 @@ impl Gateway {
         self.listeners.iter().map(BoundListener::info).collect()
     }
 
-    /// Serves `services` until `shutdown` completes, then drains in-flight requests for at
-    /// most `limits.drain_timeout`.
-    pub async fn serve(self, services: Services, shutdown: impl Future<Output = ()>) {
+    /// Serves `services` until `shutdown` completes, then shuts down in order (see
+    /// [`shut_down`]).
+    pub async fn serve(
+        self,
+        mut services: Services,
+        readiness: Readiness,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let ready = Arc::new(AtomicBool::new(true));
         let mut per_worker: Vec<Vec<(std::net::TcpListener, Arc<Listener>)>> =
             (0..self.workers).map(|_| Vec::new()).collect();
         for bound in self.listeners {
-            let app = app::listener_app(&bound.config, &services, &self.limits, &ready);
+            let app = app::listener_app(&bound.config, &services, &self.limits, &readiness);
             let listener = Arc::new(Listener::new(app, bound.tls, &self.limits));
             for (worker, socket) in bound.sockets.into_iter().enumerate() {
                 per_worker[worker].push((socket, listener.clone()));
@@ -111,16 +116,47 @@ impl Gateway {
             .map(|(index, sockets)| spawn_worker(index, sockets, stop_rx.clone(), drain))
             .collect();
         shutdown.await;
-        tracing::info!("shutting down: no new connections, draining in-flight requests");
-        ready.store(false, Ordering::SeqCst);
-        let _ = stop_tx.send(true);
-        let joined = tokio::task::spawn_blocking(move || {
-            threads.into_iter().filter_map(Result::ok).for_each(|t| {
-                let _ = t.join();
-            })
-        });
-        let _ = joined.await;
+        let workers = Workers {
+            stop: stop_tx,
+            threads,
+        };
+        shut_down(&self.limits, &mut services, &readiness, workers).await;
     }
+}
+
+/// The worker threads and the signal that stops their accept loops.
+struct Workers {
+    stop: watch::Sender<bool>,
+    threads: Vec<std::io::Result<std::thread::JoinHandle<()>>>,
+}
+
+/// The shutdown order:
+/// 1. `/readyz` answers 503 while everything still serves, for `drain_delay`, so a load
+///    balancer that polls it stops sending new connections first;
+/// 2. accept stops, connections finish their in-flight requests (at most `drain_timeout`),
+///    and meanwhile every service drains (stops taking new work, gives back what it took);
+/// 3. every service's stop hook runs and its background tasks are stopped.
+async fn shut_down(
+    limits: &LimitsConfig,
+    services: &mut Services,
+    readiness: &Readiness,
+    workers: Workers,
+) {
+    readiness.start_draining();
+    if !limits.drain_delay.is_zero() {
+        tracing::info!(delay = ?limits.drain_delay, "shutting down: /readyz answers 503, still serving");
+        tokio::time::sleep(limits.drain_delay).await;
+    }
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    let _ = workers.stop.send(true);
+    let threads = workers.threads;
+    let joined = tokio::task::spawn_blocking(move || {
+        threads.into_iter().filter_map(Result::ok).for_each(|t| {
+            let _ = t.join();
+        })
+    });
+    let (_, _) = tokio::join!(services.drain(), joined);
+    services.stop(limits.drain_timeout).await;
 }
 
 impl GatewayConfig {

@@ -23,6 +23,7 @@ use axum::routing::future::RouteFuture;
 use bytes::Bytes;
 use http_body::Body as _;
 use hyper::body::Incoming;
+use service::RouteLabel;
 use tokio::time::{Instant, Sleep};
 use tower::Service as _;
 
@@ -250,7 +251,9 @@ impl GatewayFuture {
         };
         let status = response.status();
         response.headers_mut().insert(REQUEST_ID, request.id);
-        request_metrics::record(service.as_ref(), status.as_u16(), request.start.elapsed());
+        let route = response.extensions().get::<RouteLabel>().map(|r| &r.0);
+        let elapsed = request.start.elapsed();
+        request_metrics::record(service.as_ref(), route, status.as_u16(), elapsed);
         let record = request.record.map(|record| record.finish(service, status));
         response.map(|body| GatewayBody::new(body, record, request.in_progress))
     }

@@ -1,11 +1,20 @@
-//! `portico serve`: load and validate the config, start logs, bind, drop privileges, open the
-//! services, print where everything is, serve until SIGTERM/SIGINT, drain, exit 0.
+//! `portico serve`: load and validate the config, start logs, open the data directory, bind,
+//! drop privileges, open the services, print where everything is, serve until SIGTERM/SIGINT,
+//! drain, stop the services, exit 0.
+//!
+//! Started as root, Portico must keep working after it becomes an unprivileged user who may
+//! not be able to reach the data directory by its path (a clone in root's 0700 home):
+//! everything under the data directory is opened through the handle opened here, before the
+//! switch (`service::DataDir`); the data directory is handed to that user only when this
+//! start created it (made private, 0700), else it must already be the user's.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use gateway::privilege::{self, PrivilegeConfig};
+use gateway::privilege::{self, Handover, PrivilegeConfig};
 use gateway::{Gateway, ListenerInfo};
+use service::{DataDir, Readiness};
 
 use crate::config::Config;
 
@@ -15,51 +24,47 @@ const ZERO_CONFIG_ROOT_USER: &str = "nobody";
 /// Runs the gateway until a shutdown signal.
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
-    let _logs = gateway::logging::init(&config.log).context("starting logs")?;
-    serve_blocking(config, config_path.is_none())
+    let logs = gateway::logging::init(&config.log).context("starting logs")?;
+    serve_blocking(config, config_path.is_none(), logs.handover())
 }
 
 /// `serve` on the main runtime. Requests are served by the gateway's own per-core workers;
 /// this runtime runs start-up and services' background tasks (Redis drivers, reload
 /// watchers), which one thread carries. Shared with legacy entry points.
-pub fn serve_blocking(config: Config, zero_config: bool) -> anyhow::Result<()> {
+pub fn serve_blocking(
+    config: Config,
+    zero_config: bool,
+    log_files: &[Handover],
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, zero_config))
+    runtime.block_on(serve(config, zero_config, log_files))
 }
 
-/// Binds, drops privileges, opens services and serves.
-async fn serve(mut config: Config, zero_config: bool) -> anyhow::Result<()> {
-    let data_dir = prepare_data_dir(&config.data_dir)?;
-    config.data_dir = data_dir.clone();
+/// Opens the data directory, binds, drops privileges, opens services and serves.
+async fn serve(
+    mut config: Config,
+    zero_config: bool,
+    log_files: &[Handover],
+) -> anyhow::Result<()> {
+    let (data_dir, created) = open_data_dir(&config.data_dir)?;
+    config.data_dir = data_dir.path().to_path_buf();
     let gateway = Gateway::bind(&config.gateway()).context("binding listeners")?;
-    let owned = owned_paths(&config, &data_dir);
-    let owned: Vec<&Path> = owned.iter().map(PathBuf::as_path).collect();
-    let user = privilege::drop_privileges(&privileges(&config, zero_config), &owned)?;
-    let services = crate::wire::build(&config, &data_dir).await?;
+    let mut handover = vec![Handover {
+        path: config.data_dir.clone(),
+        created,
+    }];
+    handover.extend_from_slice(log_files);
+    let user = privilege::drop_privileges(&privileges(&config, zero_config), &handover)?;
+    let readiness = Readiness::new();
+    let services = crate::wire::build(&config, &data_dir, &readiness).await?;
     announce(&gateway.listeners(), &services, &user);
-    gateway.serve(services, shutdown_signal()).await;
+    gateway.serve(services, readiness, shutdown_signal()).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// What the unprivileged user must own: the data directory, and the log directory with the
-/// log files already opened (rotation renames them and creates new ones).
-fn owned_paths(config: &Config, data_dir: &Path) -> Vec<PathBuf> {
-    let mut paths = vec![data_dir.to_path_buf()];
-    if let Some(dir) = &config.log.dir {
-        paths.push(dir.clone());
-        for name in ["app.log", "access.log"] {
-            let file = dir.join(name);
-            if file.exists() {
-                paths.push(file);
-            }
-        }
-    }
-    paths
 }
 
 fn privileges(config: &Config, zero_config: bool) -> PrivilegeConfig {
@@ -72,10 +77,16 @@ fn privileges(config: &Config, zero_config: bool) -> PrivilegeConfig {
     }
 }
 
-fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating data_dir {}", dir.display()))?;
-    dir.canonicalize()
-        .with_context(|| format!("resolving data_dir {}", dir.display()))
+/// Opens (creating when missing) the data directory; one this start created is private to
+/// the user Portico will run as (0700).
+fn open_data_dir(path: &Path) -> anyhow::Result<(DataDir, bool)> {
+    let (data_dir, created) = DataDir::open_or_create(path)?;
+    if created {
+        let private = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(data_dir.path(), private)
+            .with_context(|| format!("making data_dir {} private", data_dir.path().display()))?;
+    }
+    Ok((data_dir, created))
 }
 
 /// One line per listener and the certificate to trust, on stdout (scripts and the test

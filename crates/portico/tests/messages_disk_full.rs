@@ -50,6 +50,17 @@ async fn get(server: &Portico, digest: &str) -> Answer {
     answer(server.client().get(url).send().await.expect("GET")).await
 }
 
+async fn readyz(server: &Portico) -> (StatusCode, String) {
+    let response = server
+        .client()
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .expect("GET /readyz");
+    let status = response.status();
+    (status, response.text().await.unwrap_or_default())
+}
+
 /// A distinct message of about [`MESSAGE_BYTES`].
 fn message(label: &str, n: usize) -> String {
     let mut text = format!("{label} {n}: ");
@@ -118,7 +129,7 @@ async fn a_full_disk_answers_507_and_heals_without_a_restart_when_space_returns(
     let Some(tmpfs) = Tmpfs::mount_or_skip(4 * MIB) else {
         return;
     };
-    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\ntls = { self_signed = true }\nservices = [\"messages\"]\n";
+    let listener = "[[listener]]\naddr = \"127.0.0.1:0\"\ntls = { self_signed = true }\nservices = [\"messages\", \"admin\"]\n";
     let mut server = Portico::builder(BIN)
         .listeners_toml(listener)
         // No read cache: every GET below reads the database file.
@@ -136,6 +147,12 @@ async fn a_full_disk_answers_507_and_heals_without_a_restart_when_space_returns(
         [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE].contains(&status),
         "GET while the disk is full answered {status}"
     );
+    let (status, body) = readyz(&server).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body.contains("messages") && body.contains("disk full"),
+        "{body}"
+    );
 
     tmpfs.resize(16 * MIB).expect("grow the tmpfs");
     let text = message("after growing", 0);
@@ -150,6 +167,8 @@ async fn a_full_disk_answers_507_and_heals_without_a_restart_when_space_returns(
         let answer = post(&server, &message("after growing", n)).await;
         assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.err_msg);
     }
+    let (status, body) = readyz(&server).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     eprintln!(
         "{} acknowledged messages served after the disk grew",
         acked.len()

@@ -24,7 +24,7 @@
 mod redis;
 mod tmpfs;
 
-pub use redis::{server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
+pub use redis::{have_root, server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
 pub use tmpfs::Tmpfs;
 
 use std::io::{BufRead, BufReader, Read};
@@ -59,9 +59,17 @@ pub struct PorticoBuilder {
     extra: String,
     env: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
+    zero_config_in: Option<PathBuf>,
 }
 
 impl PorticoBuilder {
+    /// Runs `portico serve` with no config at all, in the working directory `dir` (the
+    /// README's first command: fixed ports 8080 and 8443, data in `dir/portico-data`).
+    pub fn zero_config_in(mut self, dir: &Path) -> Self {
+        self.zero_config_in = Some(dir.to_path_buf());
+        self
+    }
+
     /// Appends TOML sections (`[messages]`, `[fib]`, ...) to the config.
     pub fn toml(mut self, extra: &str) -> Self {
         self.extra.push_str(extra);
@@ -166,6 +174,7 @@ impl Portico {
             extra: String::new(),
             env: Vec::new(),
             data_dir: None,
+            zero_config_in: None,
         }
     }
 
@@ -292,10 +301,12 @@ impl Portico {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(&self.builder.bin);
+        command.arg("serve");
+        match &self.builder.zero_config_in {
+            Some(dir) => command.current_dir(dir),
+            None => command.arg("--config").arg(&self.config_path),
+        };
         command
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
             .envs(self.builder.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -30,6 +30,16 @@ pub fn server_missing(what: &str, error: impl std::fmt::Display) {
     eprintln!("skipping: {what} is not usable: {error}");
 }
 
+/// Whether the test runs as root; when it does not, the rule of [`server_missing`] applies
+/// (a failure with `CI` set, else a skip that says `why` root is needed).
+pub fn have_root(why: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    server_missing("root", format!("{why} needs root"));
+    false
+}
+
 /// A running private `redis-server`.
 pub struct PrivateRedis {
     child: Child,

@@ -5,10 +5,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use gateway::{ListenerConfig, TlsConfig};
 use region::legacy::{self, LegacyOptions};
 use region::RegionService;
+use service::{Background, Service};
+
+use super::{BuiltIn, Context};
+use crate::config::{env_override, EnvKind, EnvOverride};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Flags of the original region server (`-f -l -r -h`) plus Portico's listener options.
@@ -59,12 +63,36 @@ pub struct LegacyArgs {
     pub log_level: String,
 }
 
-/// Opens the region service, starts its reload triggers and returns its routes.
-pub async fn mount(config: &region::Config) -> anyhow::Result<axum::Router> {
-    let service = RegionService::open(config)?;
+/// `[region]`: the cloud region server (`/regionInfo`).
+pub struct Region;
+
+impl BuiltIn for Region {
+    const NAME: &'static str = "region";
+    const ENV: &'static [EnvOverride] = &[env_override(
+        "PORTICO_REGION_DATA",
+        "region",
+        "data",
+        EnvKind::Text,
+    )];
+    const PROBE: Option<check::Probe> = Some(check::region_probe);
+    type Config = region::Config;
+
+    fn validate(config: &region::Config) -> Vec<String> {
+        config.validate()
+    }
+
+    async fn open(config: &region::Config, context: Context<'_>) -> anyhow::Result<Service> {
+        open_region(config, context.background)
+    }
+}
+
+/// Opens the region service with its reload triggers (SIGHUP, changes of the data file) as
+/// background tasks.
+fn open_region(config: &region::Config, background: Background) -> anyhow::Result<Service> {
+    let region = RegionService::open(config)?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let on_signal = service.clone();
-    tokio::spawn(async move {
+    let on_signal = region.clone();
+    background.spawn("reload on SIGHUP", async move {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading region data");
             // A failed reload is logged by `reload` and the old data keeps serving.
@@ -72,9 +100,12 @@ pub async fn mount(config: &region::Config) -> anyhow::Result<axum::Router> {
         }
     });
     if let Some(interval) = config.watch_interval() {
-        tokio::spawn(region::watch::watch(service.clone(), interval));
+        background.spawn(
+            "watch the data file",
+            region::watch::watch(region.clone(), interval),
+        );
     }
-    Ok(service.router())
+    Ok(Service::new("region", region.router()).with_background(background))
 }
 
 /// `portico regioninfo`: exit 1 with the original's messages on a start-up error.
@@ -100,7 +131,7 @@ fn run_legacy(args: LegacyArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("starting logs: {e}"))?;
     tracing::info!(log = %paths.log_file.display(), data = %paths.region_data.display(), "regioninfo starting");
     let config = legacy_config(&args, paths.region_data)?;
-    let result = crate::serve::serve_blocking(config, false);
+    let result = crate::serve::serve_blocking(config, false, &[]);
     if let Err(error) = &result {
         tracing::error!(error = %format!("{error:#}"), "regioninfo stopped");
     }
@@ -127,7 +158,7 @@ fn legacy_config(args: &LegacyArgs, data: PathBuf) -> anyhow::Result<crate::conf
     let mut listener = ListenerConfig::new(&args.listen, tls);
     listener.services = vec!["region".to_string()];
     config.listeners = vec![listener];
-    config.region = region::Config {
+    config.services.region = region::Config {
         data: Some(data),
         trusted_proxies: args.trusted_proxies.clone(),
         ipv6_only_server_ip_none: args.ipv6_only_server_ip_none,

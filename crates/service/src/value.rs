@@ -1,0 +1,126 @@
+//! `Service`: one built-in service as one value: name, routes, background tasks and the
+//! `drain` / `stop` hooks `portico serve` calls on shutdown, in that order.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::Background;
+
+/// A lifecycle hook: runs once, on the main runtime.
+pub type Hook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
+
+/// A built-in service, ready to be mounted.
+pub struct Service {
+    name: String,
+    router: axum::Router,
+    background: Background,
+    drain: Option<Hook>,
+    stop: Option<Hook>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("tasks", &self.background.running())
+            .finish()
+    }
+}
+
+impl Service {
+    /// A service named `name` answering with `router`, with no tasks and no hooks.
+    pub fn new(name: &str, router: axum::Router) -> Self {
+        Service {
+            name: name.to_string(),
+            router,
+            background: Background::new(name),
+            drain: None,
+            stop: None,
+        }
+    }
+
+    /// The tasks the service started (through this `Background`); stopped after `stop`.
+    pub fn with_background(mut self, background: Background) -> Self {
+        self.background = background;
+        self
+    }
+
+    /// Runs `hook` when the gateway stops accepting: stop taking new work, give back what
+    /// was taken but not done.
+    pub fn on_drain<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.drain = Some(Box::new(move || Box::pin(hook())));
+        self
+    }
+
+    /// Runs `hook` once in-flight requests have ended: release children, stores, connections.
+    pub fn on_stop<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.stop = Some(Box::new(move || Box::pin(hook())));
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The routes, with their full paths.
+    pub fn router(&self) -> &axum::Router {
+        &self.router
+    }
+
+    pub fn background(&self) -> &Background {
+        &self.background
+    }
+
+    /// Calls the drain hook (once; later calls do nothing).
+    pub async fn drain(&mut self) {
+        if let Some(hook) = self.drain.take() {
+            tracing::debug!(service = %self.name, "draining");
+            hook().await;
+        }
+    }
+
+    /// Calls the stop hook, then stops the background tasks, giving them `grace` to end.
+    pub async fn stop(&mut self, grace: Duration) {
+        if let Some(hook) = self.stop.take() {
+            tracing::debug!(service = %self.name, "stopping");
+            hook().await;
+        }
+        self.background.stop(grace).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn hooks_run_once_in_order_and_tasks_stop_after_the_stop_hook() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let background = Background::new("demo");
+        let (on_task, on_drain, on_stop) = (events.clone(), events.clone(), events.clone());
+        background.spawn_with_token("worker", move |token| async move {
+            token.cancelled().await;
+            on_task.lock().unwrap().push("task ended");
+        });
+        let mut service = Service::new("demo", axum::Router::new())
+            .with_background(background)
+            .on_drain(move || async move { on_drain.lock().unwrap().push("drain") })
+            .on_stop(move || async move { on_stop.lock().unwrap().push("stop") });
+        service.drain().await;
+        service.drain().await;
+        service.stop(Duration::from_secs(1)).await;
+        service.stop(Duration::from_secs(1)).await;
+        assert_eq!(*events.lock().unwrap(), vec!["drain", "stop", "task ended"]);
+    }
+}
