@@ -69,10 +69,16 @@ struct Allowance {
 }
 
 impl RequestBody {
-    /// Wraps `inner`; returns the flag the body sets when it passes `limit`, if it has to be
-    /// counted (its length was not declared; a declared one was checked against the limit).
-    pub(crate) fn new(inner: Incoming, limit: u64) -> (Self, Option<Arc<AtomicBool>>) {
-        if inner.is_end_stream() || inner.size_hint().exact().is_some() {
+    /// Wraps `inner`, whose `declared` length (none, or `Content-Length`: hyper holds the
+    /// body to it) was checked against `limit` already. Returns the flag the body sets when it
+    /// passes `limit`, when it has to be counted: only bodies of unknown length are (one
+    /// allocation for the flag; a body-less request costs nothing).
+    pub(crate) fn new(
+        inner: Incoming,
+        declared: Option<u64>,
+        limit: u64,
+    ) -> (Self, Option<Arc<AtomicBool>>) {
+        if declared.is_some() {
             return (
                 RequestBody {
                     inner,

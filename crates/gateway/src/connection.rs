@@ -3,10 +3,13 @@
 //! shutdown.
 //!
 //! **Connection limit.** The accept loop takes a slot (`max_connections` per listener) before
-//! anything else. Without one, the connection is refused at once, costing no TLS handshake
-//! and no task: a TLS client sees the connection close (no ServerHello), a cleartext one gets
-//! a static `503` with `Retry-After` written without hyper. Answering through hyper, as this
-//! did before, meant a full handshake per refused connection, and on HTTP/2 a GOAWAY dance.
+//! anything else. Without one, the connection is refused, costing no TLS handshake: a TLS
+//! client sees the connection close at once (no ServerHello); a cleartext one gets a static
+//! `503` with `Retry-After` written without hyper, once its request has started to arrive (an
+//! HTTP client takes an answer that comes before its request for a broken connection), by a
+//! small task that waits at most `REFUSAL_WAIT`; past `MAX_REFUSING` such tasks, refused
+//! connections are closed at once. Answering through hyper, as this did before, meant a full
+//! handshake per refused connection, and on HTTP/2 a GOAWAY dance.
 //!
 //! **Protocol.** Over TLS, ALPN decides (`h2` or HTTP/1.1). In the clear, the first bytes
 //! decide: the HTTP/2 preface means prior-knowledge h2c, anything else HTTP/1.1. Each protocol
@@ -52,6 +55,8 @@ pub(crate) struct Listener {
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     slots: Arc<Semaphore>,
+    /// Cleartext refusals waiting for the client's request (see the module doc).
+    refusing: Arc<Semaphore>,
     rules: Rules,
 }
 
@@ -69,6 +74,7 @@ impl Listener {
             http1: http1_builder(limits),
             http2: http2_builder(limits),
             slots: Arc::new(Semaphore::new(limits.max_connections)),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             rules: Rules::new(limits),
         }
     }
@@ -97,12 +103,20 @@ impl Listener {
         });
     }
 
-    /// A connection over `max_connections`: closed at once; in the clear, after a static 503.
+    /// A connection over `max_connections`: closed at once (TLS, or too many refusals in
+    /// progress), or in the clear answered with a static 503 once its request starts.
     fn refuse(&self, stream: TcpStream, peer: SocketAddr) {
         metrics::counter!(REFUSED_METRIC).increment(1);
         tracing::debug!(%peer, "over max_connections: refused");
-        if self.tls.is_none() {
-            write_refusal(&stream);
+        if self.tls.is_some() {
+            return;
+        }
+        if let Ok(permit) = self.refusing.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(REFUSAL_WAIT, stream.readable()).await;
+                write_refusal(&stream);
+                drop(permit);
+            });
         }
     }
 
@@ -155,6 +169,12 @@ impl Listener {
 
 /// The counter of connections refused over `max_connections`.
 const REFUSED_METRIC: &str = "portico_connections_refused_total";
+
+/// How long a refused cleartext connection may take to start its request.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// Refused cleartext connections waiting for their request at once, per listener.
+const MAX_REFUSING: usize = 1024;
 
 /// Waits for the connection task `served`; when the watchdog says the connection must end,
 /// aborts it (which drops the connection, its response bodies and whatever they hold, and
@@ -226,7 +246,7 @@ content-length: 50\r\n\
 
 /// Writes `REFUSAL` without waiting (a new socket's buffer has room for it) and ends the
 /// stream; what the client already sent is read and dropped first, so that closing does not
-/// reset the connection and take the answer with it.
+/// reset the connection before the client has read the answer.
 fn write_refusal(stream: &TcpStream) {
     let mut scratch = [0u8; 4096];
     for _ in 0..16 {

@@ -112,7 +112,7 @@ impl ConnectionService {
         extensions.insert(RequestId(id.clone()));
         let mut tripped = None;
         let request = request.map(|body| {
-            let (body, flag) = RequestBody::new(body, limit as u64);
+            let (body, flag) = RequestBody::new(body, declared, limit as u64);
             tripped = flag;
             body
         });

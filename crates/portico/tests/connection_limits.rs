@@ -16,7 +16,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_portico");
 
 /// `[limits]` short enough for tests; `idle_timeout` longer than `header_timeout` so that
 /// the tests tell them apart.
-const SHORT: &str = "header_timeout = \"1s\"\nidle_timeout = \"3s\"\nsend_timeout = \"1s\"\n";
+const SHORT: &str = "header_timeout = \"1s\"\nidle_timeout = \"4s\"\nsend_timeout = \"1s\"\n";
 
 const PLAIN: &str = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
 
@@ -141,8 +141,8 @@ async fn idle_http2_connections_get_goaway_then_close_and_give_back_their_slots(
             h2_frame_types(&bytes)
         );
         assert!(
-            closed >= Duration::from_millis(2800),
-            "closed after {closed:?}: before the idle timeout (3 s)"
+            closed >= Duration::from_millis(3800),
+            "closed after {closed:?}: before the idle timeout (4 s)"
         );
     }
     let answer = reqwest::get(server.url("/healthz"))
@@ -168,8 +168,8 @@ async fn an_idle_keep_alive_connection_lasts_the_idle_timeout_not_the_header_tim
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let closed = closed.expect("closed");
     assert!(
-        closed >= Duration::from_millis(2800) && closed < Duration::from_secs(6),
-        "closed after {closed:?}, not after the idle timeout (3 s)"
+        closed >= Duration::from_millis(3800) && closed < Duration::from_secs(8),
+        "closed after {closed:?}, not after the idle timeout (4 s)"
     );
 }
 
@@ -201,7 +201,7 @@ async fn a_head_sent_slowly_is_cut_at_the_header_timeout_not_the_idle_timeout() 
         "a slow head must not be served: {text}"
     );
     assert!(
-        closed < Duration::from_millis(2500),
+        closed < Duration::from_millis(3500),
         "cut off after {closed:?}"
     );
 }
@@ -221,7 +221,7 @@ async fn silent_clients_are_dropped_at_the_header_timeout_with_and_without_tls()
         .expect("reader")
         .expect("closed");
         assert!(
-            closed >= Duration::from_millis(900) && closed < Duration::from_millis(2500),
+            closed >= Duration::from_millis(900) && closed < Duration::from_millis(3500),
             "tls {}: closed after {closed:?}",
             listener.tls
         );
@@ -241,11 +241,11 @@ async fn a_slow_upload_is_cut_by_neither_the_header_nor_the_idle_timeout() {
         );
         let mut stream = TcpStream::connect(addr).expect("connects");
         stream.write_all(head.as_bytes()).expect("head");
-        // The body takes about 4 s, past both timeouts: the head was complete, so the
+        // The body takes about 5 s, past both timeouts: the head was complete, so the
         // request is in progress and only the request timeout applies.
         for byte in body {
             stream.write_all(&[*byte]).expect("body byte");
-            std::thread::sleep(Duration::from_millis(4000 / body.len() as u64));
+            std::thread::sleep(Duration::from_millis(5000 / body.len() as u64));
         }
         read_until_closed(&mut stream, Duration::from_secs(5)).0
     })
@@ -550,17 +550,19 @@ async fn a_cleartext_client_over_the_limit_gets_a_static_503_even_speaking_http2
         assert!(text.contains("too many connections"), "{text}");
         assert!(closed.expect("closed") < Duration::from_secs(1));
     }
-    // The held connections are closed: their slots come back once the server sees EOF.
+    // The held connections are closed: their slots come back once the server sees EOF. Until
+    // then a request is refused: a 503, or an error when the client was too slow to send its
+    // request within the refusal's wait and read the 503 as an unsolicited answer.
     let url = server.url("/healthz");
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let status = reqwest::get(&url).await.expect("answered").status();
-        if status == 200 {
+        let outcome = reqwest::get(&url).await.map(|answer| answer.status());
+        if matches!(outcome, Ok(status) if status == 200) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "still {status} after the held connections closed"
+            "still {outcome:?} after the held connections closed"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
