@@ -52,6 +52,20 @@ impl BodyTooLarge {
     }
 }
 
+/// Whether a counted body passed the limit: kept by the request layer, set by the body.
+pub(crate) struct LimitWatch {
+    passed: Arc<AtomicBool>,
+    limit: u64,
+}
+
+impl LimitWatch {
+    /// The error the body's reads failed with, once it passed the limit.
+    pub(crate) fn passed(&self) -> Option<BodyTooLarge> {
+        let passed = self.passed.load(Ordering::Relaxed);
+        passed.then_some(BodyTooLarge { limit: self.limit })
+    }
+}
+
 /// The request body a service reads: hyper's, counted against the limit when its length
 /// was not declared.
 pub(crate) struct RequestBody {
@@ -64,20 +78,20 @@ struct Allowance {
     left: u64,
     limit: u64,
     passed: bool,
-    /// Shared with the request layer, which answers 413 once it is set.
+    /// Shared with the request layer (`LimitWatch`), which answers 413 once it is set.
     tripped: Arc<AtomicBool>,
 }
 
 impl RequestBody {
     /// Wraps `inner`, whose `declared` length (none, or `Content-Length`: hyper holds the
-    /// body to it) was checked against `limit` already. Returns the flag the body sets when it
+    /// body to it) was checked against `limit` already. Returns what tells when the body
     /// passes `limit`, when it has to be counted: only bodies of unknown length are (one
     /// allocation for the flag; a body-less request costs nothing).
     pub(crate) fn new(
         inner: Incoming,
         declared: Option<u64>,
         limit: u64,
-    ) -> (Self, Option<Arc<AtomicBool>>) {
+    ) -> (Self, Option<LimitWatch>) {
         if declared.is_some() {
             return (
                 RequestBody {
@@ -98,7 +112,11 @@ impl RequestBody {
             inner,
             allowance: Some(allowance),
         };
-        (body, Some(tripped))
+        let watch = LimitWatch {
+            passed: tripped,
+            limit,
+        };
+        (body, Some(watch))
     }
 }
 

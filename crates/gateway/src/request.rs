@@ -19,7 +19,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,7 +35,7 @@ use tower::Service as _;
 
 use crate::access_log::{AccessRecord, GatewayBody, Payload};
 use crate::app::error_response;
-use crate::body_limit::{BodyTooLarge, RequestBody};
+use crate::body_limit::{LimitWatch, RequestBody};
 use crate::logging;
 use crate::middleware::{
     duration_text, over_body_limit, request_id, RequestId, ServiceTag, REQUEST_ID,
@@ -89,12 +88,12 @@ impl ConnectionService {
         &self.activity
     }
 
-    /// The answer, and the flag a counted body sets when it passes the body limit.
+    /// The answer, and what tells when a counted body passed the body limit.
     fn answer(
         &self,
         mut request: Request<Incoming>,
         id: &HeaderValue,
-    ) -> (Answer, Option<Arc<AtomicBool>>) {
+    ) -> (Answer, Option<LimitWatch>) {
         let limit = self.app.limits.max_body_bytes;
         let declared = request.body().size_hint().exact();
         if let Some(refusal) = over_body_limit(declared, limit) {
@@ -110,14 +109,14 @@ impl ConnectionService {
         let extensions = request.extensions_mut();
         extensions.insert(ConnectInfo(self.peer));
         extensions.insert(RequestId(id.clone()));
-        let mut tripped = None;
+        let mut limit_watch = None;
         let request = request.map(|body| {
-            let (body, flag) = RequestBody::new(body, declared, limit as u64);
-            tripped = flag;
+            let (body, watch) = RequestBody::new(body, declared, limit as u64);
+            limit_watch = watch;
             body
         });
         let routed = Answer::Routed(Box::pin(self.app.router.clone().call(request)));
-        (routed, tripped)
+        (routed, limit_watch)
     }
 }
 
@@ -143,7 +142,6 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
                 record,
                 in_progress,
                 timeout: self.app.limits.request_timeout,
-                max_body_bytes: self.app.limits.max_body_bytes,
             }),
         }
     }
@@ -185,7 +183,6 @@ struct InFlight {
     record: Option<AccessRecord>,
     in_progress: InProgress,
     timeout: Duration,
-    max_body_bytes: usize,
 }
 
 /// The response future of one request.
@@ -193,8 +190,8 @@ pub(crate) struct GatewayFuture {
     answer: Answer,
     /// The request timeout, armed when the service first answers `Pending`.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Set by a counted request body that passed the body limit.
-    body_limit: Option<Arc<AtomicBool>>,
+    /// Set when the request body is counted against the body limit.
+    body_limit: Option<LimitWatch>,
     request: Option<InFlight>,
 }
 
@@ -228,12 +225,11 @@ impl GatewayFuture {
     /// The gateway's 413 in place of `response` when the request body passed the limit while
     /// the service read it (the service saw a failed read), unless the service said 413.
     fn body_too_large(&self, response: &Response) -> Option<Response> {
-        let tripped = self.body_limit.as_ref()?.load(Ordering::Relaxed);
-        if !tripped || response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        let too_large = self.body_limit.as_ref()?.passed()?;
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
             return None;
         }
-        let limit = self.request.as_ref()?.max_body_bytes as u64;
-        let message = BodyTooLarge { limit }.to_string();
+        let message = too_large.to_string();
         Some(error_response(StatusCode::PAYLOAD_TOO_LARGE, &message))
     }
 
