@@ -1,6 +1,7 @@
 //! The access log's line per request and the response body that writes it when the response
-//! ends (or the client goes away), counting the bytes sent. The body also ends the request's
-//! `InProgress` mark, which the connection's head watchdog reads.
+//! ends (or the client goes away), counting the bytes sent. The body also carries the
+//! request's `InProgress` mark, which the connection's watchdog reads: it ends when the body
+//! is dropped, and on HTTP/2 it tells when hyper holds a frame it has not come back for.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -14,9 +15,9 @@ use axum::http::{HeaderValue, Request, StatusCode, Version};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
-use crate::connection::InProgress;
 use crate::logging;
 use crate::middleware::ServiceTag;
+use crate::watchdog::InProgress;
 
 /// One access-log line, written when the response body ends (or the client goes away).
 pub(crate) struct AccessRecord {
@@ -151,31 +152,40 @@ impl HttpBody for Payload {
 
 /// The response body hyper sends: the service's body, counted, writing the access-log line
 /// and ending the request's `InProgress` mark when it is dropped (after its last byte, or
-/// when the client went away first).
+/// when the client went away first). Between a frame it yields and the next poll, hyper
+/// holds that frame: on HTTP/2 the mark counts it, so a peer that withholds flow-control
+/// credit shows as a stall (`watchdog`).
 pub(crate) struct GatewayBody {
     inner: Payload,
     sent: u64,
     ended: bool,
-    /// A body of known size is logged with that size, complete (hyper sends it whole or the
-    /// connection fails).
+    /// hyper asked for the body at all (not for HEAD, 204 or 304 answers).
+    polled: bool,
+    /// A body of known size is logged complete once all of it was handed to hyper (which
+    /// need not poll it to its end), and with that size when hyper did not want it.
     known_size: Option<u64>,
     record: Option<AccessRecord>,
-    _in_progress: Option<InProgress>,
+    in_progress: Option<InProgress>,
 }
 
 impl GatewayBody {
     pub(crate) fn new(
         inner: Payload,
         record: Option<AccessRecord>,
-        in_progress: Option<InProgress>,
+        mut in_progress: Option<InProgress>,
     ) -> Self {
+        // The head goes out first: until hyper polls the body, it is the frame out.
+        if let Some(mark) = &mut in_progress {
+            mark.frame_out();
+        }
         GatewayBody {
             known_size: inner.size_hint().exact(),
             inner,
             sent: 0,
             ended: false,
+            polled: false,
             record,
-            _in_progress: in_progress,
+            in_progress,
         }
     }
 }
@@ -188,14 +198,22 @@ impl HttpBody for GatewayBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        this.polled = true;
+        if let Some(mark) = &mut this.in_progress {
+            mark.polled();
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.sent += data.len() as u64;
+                    this.sent += data.len() as u64;
+                    if let Some(mark) = &mut this.in_progress {
+                        mark.frame_out();
+                    }
                 }
             }
-            Poll::Ready(None) => self.ended = true,
+            Poll::Ready(None) => this.ended = true,
             _ => {}
         }
         polled
@@ -216,7 +234,8 @@ impl Drop for GatewayBody {
             return;
         };
         match self.known_size {
-            Some(size) => record.write(size, true),
+            Some(size) if !self.polled || self.sent >= size => record.write(size, true),
+            Some(_) => record.write(self.sent, false),
             None => record.write(self.sent, self.ended || self.inner.is_end_stream()),
         }
     }

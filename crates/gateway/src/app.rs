@@ -15,8 +15,8 @@ use tower::util::MapResponseLayer;
 
 use crate::config::{LimitsConfig, ListenerConfig};
 use crate::middleware::ServiceTag;
+use crate::request::{Limits, ListenerApp};
 use crate::request_metrics;
-use crate::service::{Limits, ListenerApp};
 use crate::ADMIN;
 
 pub(crate) use service::{error_response, json_response};
@@ -85,7 +85,7 @@ impl Services {
 
 /// What a listener answers with: its mounted services (each response tagged with the
 /// service's name), `/healthz`, the admin service when mounted, and JSON 404s. The gateway's
-/// layer around it is `service::ConnectionService`.
+/// layer around it is `request::ConnectionService`.
 pub(crate) fn listener_app(
     listener: &ListenerConfig,
     services: &Services,

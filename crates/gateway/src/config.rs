@@ -75,10 +75,20 @@ pub struct LimitsConfig {
     /// Time for a service to produce the response head. Longer: 504.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
-    /// Time for a client to complete the TLS handshake and send a request's headers.
+    /// Time for a client to complete the TLS handshake (in the clear: to send its first
+    /// bytes), and to complete a request head once its first bytes arrived.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
-    /// Open connections per listener; past it new connections get 503 and are closed.
+    /// Time a connection may wait for its next request: an HTTP/1 keep-alive connection, or
+    /// an HTTP/2 connection with no request in progress (closed with GOAWAY).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time a response may make no write progress (the client reads nothing, or withholds
+    /// HTTP/2 flow-control credit) before it is aborted and its connection closed.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Open connections per listener; past it new connections are refused before any TLS
+    /// handshake (plain HTTP: a static 503) and closed.
     pub max_connections: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may still run.
     #[serde(with = "humantime_serde")]
@@ -96,6 +106,8 @@ impl Default for LimitsConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
@@ -216,6 +228,14 @@ fn validate_limits(limits: &LimitsConfig, errors: &mut Vec<String>) {
             "limits.header_timeout: must be more than 0",
         ),
         (
+            limits.idle_timeout == zero,
+            "limits.idle_timeout: must be more than 0",
+        ),
+        (
+            limits.send_timeout == zero,
+            "limits.send_timeout: must be more than 0",
+        ),
+        (
             limits.max_connections == 0,
             "limits.max_connections: must be more than 0",
         ),
@@ -301,9 +321,27 @@ mod tests {
 
     #[test]
     fn limits_parse_human_durations() {
-        let limits: LimitsConfig =
-            toml::from_str("request_timeout = \"1m\"\nheader_timeout = \"500ms\"").unwrap();
+        let text = "request_timeout = \"1m\"\nheader_timeout = \"500ms\"\n\
+                    idle_timeout = \"2m\"\nsend_timeout = \"15s\"";
+        let limits: LimitsConfig = toml::from_str(text).unwrap();
         assert_eq!(limits.request_timeout, Duration::from_secs(60));
         assert_eq!(limits.header_timeout, Duration::from_millis(500));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(limits.send_timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn zero_idle_and_send_timeouts_are_refused_naming_their_keys() {
+        let mut config = gateway(vec![ListenerConfig::new("127.0.0.1:0", None)]);
+        config.limits.idle_timeout = Duration::ZERO;
+        config.limits.send_timeout = Duration::ZERO;
+        let errors = config.validate(&["admin"]);
+        assert_eq!(
+            errors,
+            [
+                "limits.idle_timeout: must be more than 0",
+                "limits.send_timeout: must be more than 0"
+            ]
+        );
     }
 }

@@ -1,42 +1,52 @@
-//! One accepted connection, from the TCP stream to its last response: connection limit, TLS
-//! handshake, the choice of HTTP/1.1 or HTTP/2, the head watchdog and graceful shutdown.
+//! One accepted connection, from the TCP stream to its last response: the connection limit,
+//! the TLS handshake, the choice of HTTP/1.1 or HTTP/2, the watchdog beside it and graceful
+//! shutdown.
+//!
+//! **Connection limit.** The accept loop takes a slot (`max_connections` per listener) before
+//! anything else. Without one, the connection is refused, costing no TLS handshake: a TLS
+//! client sees the connection close at once (no ServerHello); a cleartext one gets a static
+//! `503` with `Retry-After` written without hyper, once its request has started to arrive (an
+//! HTTP client takes an answer that comes before its request for a broken connection), by a
+//! small task that waits at most `REFUSAL_WAIT`; past `MAX_REFUSING` such tasks, refused
+//! connections are closed at once. Answering through hyper, as this did before, meant a full
+//! handshake per refused connection, and on HTTP/2 a GOAWAY dance.
 //!
 //! **Protocol.** Over TLS, ALPN decides (`h2` or HTTP/1.1). In the clear, the first bytes
 //! decide: the HTTP/2 preface means prior-knowledge h2c, anything else HTTP/1.1. Each protocol
-//! is then served by hyper's own connection type, without a sniffing wrapper around the IO.
+//! is then served by hyper's own connection type over `ConnectionStream` (coalesced small
+//! writes, watchdog records).
 //!
-//! **Head watchdog.** `header_timeout` bounds how long an HTTP/1 connection may sit without a
-//! request in progress: from accept (the TLS handshake included, and again from its end) and
-//! from the end of each response until the next request's head is complete. It cuts off
-//! clients that send headers slowly or stall a handshake, and closes idle keep-alive
-//! connections. hyper has this built in
-//! (`header_read_timeout`), but it arms and drops a boxed timer for every request, which cost
-//! about 20% of the requests/s of `/healthz` (bench/gateway). Here a small task beside each
-//! connection's own holds one timer that fires at most once per `header_timeout` and, when the
-//! connection has been waiting for a head that long, aborts the connection's task (closing the
-//! socket). A request only marks itself in progress and stores an instant when it ends, and
-//! the connection's task never polls the timer. HTTP/2 connections have no head watchdog
-//! (hyper has none either); the request timeout applies.
+//! **Watchdog.** Each connection runs as a task with a small task beside it that holds the
+//! connection's one timer (`watchdog`): it closes connections that are idle, slow to send a
+//! head or a handshake, or that stop taking their responses, and asks idle HTTP/2 connections
+//! (and, on shutdown, every connection) to finish gracefully. The connection's own task never
+//! polls a timer; asking it to finish sets a flag it reads on each wake-up.
+//!
+//! **Keep-alive probes.** HTTP/2 connections are sent a PING after `idle_timeout` of silence
+//! from the peer, which must answer within `header_timeout` (hyper's keep-alive); every
+//! accepted socket has TCP keepalive (`tcp_keepalive`, set on the listening socket, whose
+//! accepted sockets inherit it: no system call per connection). Both find peers that vanished
+//! while a request waits for a slow service, where no timeout of the watchdog runs.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use crate::coalesce::Coalescing;
 use crate::config::LimitsConfig;
-use crate::service::{ConnectionService, ListenerApp};
+use crate::request::{ConnectionService, ListenerApp};
+use crate::stream::ConnectionStream;
 use crate::tls::LoadedTls;
+use crate::watchdog::{self, Activity, Phase, Rules};
 
 /// What every worker shares about one listener.
 pub(crate) struct Listener {
@@ -45,7 +55,9 @@ pub(crate) struct Listener {
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     slots: Arc<Semaphore>,
-    header_timeout: Duration,
+    /// Cleartext refusals waiting for the client's request (see the module doc).
+    refusing: Arc<Semaphore>,
+    rules: Rules,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +74,13 @@ impl Listener {
             http1: http1_builder(limits),
             http2: http2_builder(limits),
             slots: Arc::new(Semaphore::new(limits.max_connections)),
-            header_timeout: limits.header_timeout,
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            rules: Rules::new(limits),
         }
     }
 
-    /// Serves one accepted connection until it ends or, after `stop`, drains; the head
-    /// watchdog runs beside it (see the module doc).
+    /// Serves one accepted connection until it ends or, after `stop`, drains, with its
+    /// watchdog beside it; refuses it at once when the listener has no free slot.
     pub(crate) fn spawn(
         self: &Arc<Self>,
         stream: TcpStream,
@@ -75,80 +88,77 @@ impl Listener {
         stop: watch::Receiver<bool>,
         connections: &TaskTracker,
     ) {
-        let clock = Arc::new(HeadClock::starting_at(Instant::now()));
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return self.refuse(stream, peer);
+        };
+        let activity = Arc::new(Activity::new(Instant::now()));
         let listener = self.clone();
-        let limit = self.header_timeout;
+        let rules = self.rules;
         connections.spawn(async move {
             let served = tokio::spawn({
-                let clock = clock.clone();
-                async move { listener.connection(stream, peer, clock, stop).await }
+                let activity = activity.clone();
+                async move { listener.connection(stream, peer, activity).await }
             });
-            guard_with_watchdog(served, &clock, limit, peer).await;
+            guard(served, &activity, rules, stop, peer, slot).await;
         });
     }
 
-    async fn connection(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        clock: Arc<HeadClock>,
-        stop: watch::Receiver<bool>,
-    ) {
+    /// A connection over `max_connections`: closed at once (TLS, or too many refusals in
+    /// progress), or in the clear answered with a static 503 once its request starts.
+    fn refuse(&self, stream: TcpStream, peer: SocketAddr) {
+        metrics::counter!(REFUSED_METRIC).increment(1);
+        tracing::debug!(%peer, "over max_connections: refused");
+        if self.tls.is_some() {
+            return;
+        }
+        if let Ok(permit) = self.refusing.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(REFUSAL_WAIT, stream.readable()).await;
+                write_refusal(&stream);
+                drop(permit);
+            });
+        }
+    }
+
+    async fn connection(&self, stream: TcpStream, peer: SocketAddr, activity: Arc<Activity>) {
         let _ = stream.set_nodelay(true);
-        let permit = self.slots.clone().try_acquire_owned().ok();
-        let service = ConnectionService::new(self.app.clone(), canonical_peer(peer))
-            .overloaded(permit.is_none());
+        let service = ConnectionService::new(self.app.clone(), canonical_peer(peer), activity);
         match &self.tls {
             None => match sniff(&stream).await {
-                Ok(protocol) => self.serve(io(stream), protocol, service, clock, stop).await,
+                Ok(protocol) => self.serve(stream, protocol, service).await,
                 Err(error) => tracing::debug!(%peer, %error, "reading the preface"),
             },
-            // The watchdog bounds the handshake too: no request is in progress during it.
+            // The watchdog bounds the handshake (the connection is still opening).
             Some(acceptor) => match acceptor.accept(stream).await {
                 Ok(tls) => {
                     let protocol = match tls.get_ref().1.alpn_protocol() {
                         Some(b"h2") => Protocol::Http2,
                         _ => Protocol::Http1,
                     };
-                    clock.restart();
-                    self.serve(io(tls), protocol, service, clock, stop).await
+                    self.serve(tls, protocol, service).await
                 }
                 Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             },
         }
-        drop(permit);
     }
 
-    async fn serve<I>(
-        &self,
-        io: TokioIo<I>,
-        protocol: Protocol,
-        service: ConnectionService,
-        clock: Arc<HeadClock>,
-        stop: watch::Receiver<bool>,
-    ) where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    async fn serve<S>(&self, stream: S, protocol: Protocol, service: ConnectionService)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = service.peer();
+        let activity = service.activity().clone();
+        let io = |http1| TokioIo::new(ConnectionStream::new(stream, activity.clone(), http1));
         let result = match protocol {
             Protocol::Http1 => {
-                let service = service.with_head_clock(clock);
-                let connection = self.http1.serve_connection(io, service);
-                drive(connection, |c| c.graceful_shutdown(), stop).await
+                activity.opened(Phase::Http1);
+                let connection = self.http1.serve_connection(io(true), service);
+                drive(connection, |c| c.graceful_shutdown(), &activity).await
             }
             Protocol::Http2 => {
-                // No head watchdog for HTTP/2: the connection counts as busy for its life.
-                let _busy = InProgress::begin(&clock);
-                // `Connection: close` means nothing in HTTP/2: a connection over the limit is
-                // shut down gracefully at once (GOAWAY), after answering 503 to the requests
-                // the client already sent.
-                let stop = if service.is_overloaded() {
-                    watch::channel(true).1
-                } else {
-                    stop
-                };
-                let connection = self.http2.serve_connection(io, service);
-                drive(connection, |c| c.graceful_shutdown(), stop).await
+                activity.opened(Phase::Http2);
+                let connection = self.http2.serve_connection(io(false), service);
+                drive(connection, |c| c.graceful_shutdown(), &activity).await
             }
         };
         if let Err(error) = result {
@@ -157,48 +167,95 @@ impl Listener {
     }
 }
 
-/// Waits for the connection task `served`; if the head watchdog fires first, aborts it
-/// (which drops the connection and closes its socket) and waits for that. The connection's
-/// own task never polls the watchdog, so requests do not pay for it.
-async fn guard_with_watchdog(
-    mut served: JoinHandle<()>,
-    clock: &HeadClock,
-    limit: Duration,
+/// The counter of connections refused over `max_connections`.
+const REFUSED_METRIC: &str = "portico_connections_refused_total";
+
+/// How long a refused cleartext connection may take to start its request.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// Refused cleartext connections waiting for their request at once, per listener.
+const MAX_REFUSING: usize = 1024;
+
+/// Waits for the connection task `served`; when the watchdog says the connection must end,
+/// aborts it (which drops the connection, its response bodies and whatever they hold, and
+/// closes the socket) and waits for that. The listener's slot is given back after.
+async fn guard(
+    mut served: tokio::task::JoinHandle<()>,
+    activity: &Activity,
+    rules: Rules,
+    stop: watch::Receiver<bool>,
     peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
 ) {
     tokio::select! {
         _ = &mut served => {}
-        _ = watchdog(clock, limit) => {
-            tracing::debug!(%peer, "no request head within the header timeout: closing");
+        reason = watchdog::watch(activity, &rules, stop) => {
+            tracing::debug!(%peer, %reason, "closing the connection");
             served.abort();
             let _ = served.await;
         }
     }
+    drop(slot);
 }
 
-/// Runs `connection` until it ends or shutdown is asked for; then calls `graceful` and lets
-/// the connection finish.
+/// Runs `connection` until it ends; once the connection is asked to close (`activity`),
+/// calls `graceful` and lets it finish. Per wake-up this costs a flag load and a waker
+/// comparison, not a poll of a shutdown future.
 async fn drive<C>(
     connection: C,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
-    mut stop: watch::Receiver<bool>,
+    activity: &Activity,
 ) -> hyper::Result<()>
 where
     C: Future<Output = hyper::Result<()>>,
 {
     tokio::pin!(connection);
-    tokio::select! {
-        biased;
-        result = connection.as_mut() => return result,
-        _ = stopped(&mut stop) => graceful(connection.as_mut()),
-    }
-    connection.await
+    let mut graceful = Some(graceful);
+    let mut registered: Option<Waker> = None;
+    std::future::poll_fn(|cx| {
+        if graceful.is_some() {
+            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                activity.wake_on_close(cx.waker());
+                registered = Some(cx.waker().clone());
+            }
+            if activity.close_asked() {
+                if let Some(graceful) = graceful.take() {
+                    graceful(connection.as_mut());
+                }
+            }
+        }
+        connection.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// Completes once shutdown was asked for (at once if it already was).
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across an await: drop it here.
     let _ = stop.wait_for(|stopped| *stopped).await.is_ok();
+}
+
+/// What a cleartext client over `max_connections` reads before the connection closes.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 50\r\n\
+\r\n\
+{\"error\":\"too many connections: try again later\"}\n";
+
+/// Writes `REFUSAL` without waiting (a new socket's buffer has room for it) and ends the
+/// stream; what the client already sent is read and dropped first, so that closing does not
+/// reset the connection before the client has read the answer.
+fn write_refusal(stream: &TcpStream) {
+    let mut scratch = [0u8; 4096];
+    for _ in 0..16 {
+        if !matches!(stream.try_read(&mut scratch), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    let _ = stream.try_write(REFUSAL);
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -229,85 +286,6 @@ fn preface_match(seen: &[u8]) -> Option<Protocol> {
     }
 }
 
-/// When an HTTP/1 connection last had no request in progress, for the head watchdog.
-pub(crate) struct HeadClock {
-    origin: Instant,
-    in_progress: AtomicU32,
-    /// Nanoseconds after `origin` at which the connection last became idle.
-    idle_since: AtomicU64,
-}
-
-impl HeadClock {
-    fn starting_at(origin: Instant) -> Self {
-        HeadClock {
-            origin,
-            in_progress: AtomicU32::new(0),
-            idle_since: AtomicU64::new(0),
-        }
-    }
-
-    /// Starts the idle time again (after the TLS handshake, which has its own timeout).
-    fn restart(&self) {
-        self.idle_since
-            .store(self.nanos_since_origin(), Ordering::Relaxed);
-    }
-
-    fn nanos_since_origin(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Since when the connection has been waiting for a request head; `None` while one is
-    /// being answered.
-    fn idle_since(&self) -> Option<Instant> {
-        if self.in_progress.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        Some(self.origin + Duration::from_nanos(self.idle_since.load(Ordering::Relaxed)))
-    }
-}
-
-/// A request in progress on a connection with a head clock: from the complete head to the
-/// end (or drop) of its response body.
-pub(crate) struct InProgress(Arc<HeadClock>);
-
-impl InProgress {
-    pub(crate) fn begin(clock: &Arc<HeadClock>) -> Self {
-        clock.in_progress.fetch_add(1, Ordering::Relaxed);
-        InProgress(clock.clone())
-    }
-}
-
-impl Drop for InProgress {
-    fn drop(&mut self) {
-        let clock = &self.0;
-        if clock.in_progress.fetch_sub(1, Ordering::Relaxed) == 1 {
-            clock.restart();
-        }
-    }
-}
-
-/// Completes when the connection has waited `limit` for a request head. One timer, moved
-/// forward when it finds a request in progress or a later idle start.
-async fn watchdog(clock: &HeadClock, limit: Duration) {
-    let first = clock.idle_since().unwrap_or_else(Instant::now) + limit;
-    let timer = tokio::time::sleep_until(first);
-    tokio::pin!(timer);
-    loop {
-        timer.as_mut().await;
-        let now = Instant::now();
-        let deadline = clock.idle_since().unwrap_or(now) + limit;
-        if deadline <= now {
-            return;
-        }
-        timer.as_mut().reset(deadline);
-    }
-}
-
-/// The stream as hyper sees it: small vectored writes coalesced (see `coalesce`).
-fn io<S>(stream: S) -> TokioIo<Coalescing<S>> {
-    TokioIo::new(Coalescing::new(stream))
-}
-
 /// An IPv4 client of a dual-stack socket arrives as `::ffff:a.b.c.d`: services and logs see
 /// it as the IPv4 address it is.
 fn canonical_peer(peer: SocketAddr) -> SocketAddr {
@@ -320,8 +298,19 @@ fn canonical_peer(peer: SocketAddr) -> SocketAddr {
     }
 }
 
+/// TCP keepalive for the listening socket (accepted sockets inherit it): a peer silent for a
+/// minute is probed every 10 s and dropped after 3 unanswered probes, so a vanished client
+/// is found in about 90 s even while its request waits on a service.
+pub(crate) fn tcp_keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3)
+}
+
 /// HTTP/1.1: keep-alive, the header size limit (hyper answers 431 over it) and vectored
-/// writes (a large body is not copied; small responses become one write in `coalesce`).
+/// writes (a large body is not copied; small responses become one write in `stream`).
+/// No `header_read_timeout`: the watchdog does that job (see `watchdog`).
 fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -331,12 +320,16 @@ fn http1_builder(limits: &LimitsConfig) -> hyper::server::conn::http1::Builder {
     builder
 }
 
+/// HTTP/2: the header size limit, 256 streams per connection, and a PING after
+/// `idle_timeout` without a frame from the peer, to be answered within `header_timeout`.
 fn http2_builder(limits: &LimitsConfig) -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval(limits.idle_timeout)
+        .keep_alive_timeout(limits.header_timeout);
     builder
 }
 
@@ -362,29 +355,47 @@ mod tests {
         assert_eq!(preface_match(b""), Some(Protocol::Http1));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_watchdog_waits_for_idle_time_not_busy_time() {
-        let clock = Arc::new(HeadClock::starting_at(Instant::now()));
-        let limit = Duration::from_secs(10);
-        let watch = tokio::spawn({
-            let clock = clock.clone();
-            async move { watchdog(&clock, limit).await }
-        });
-        // A request from 5 s to 25 s, then idle: the deadline is 35 s.
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let request = InProgress::begin(&clock);
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        assert!(
-            !watch.is_finished(),
-            "fired while a request was in progress"
+    #[test]
+    fn the_refusal_is_a_complete_http_response() {
+        let text = std::str::from_utf8(REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        assert_eq!(
+            body,
+            "{\"error\":\"too many connections: try again later\"}\n"
         );
-        drop(request);
-        tokio::time::sleep(Duration::from_secs(9)).await;
-        assert!(
-            !watch.is_finished(),
-            "fired before the idle time reached the limit"
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_tcp_keepalive_from_the_listener() {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        socket.set_tcp_keepalive(&tcp_keepalive()).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.listen(8).unwrap();
+        let listener = std::net::TcpListener::from(socket);
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let accepted = socket2::SockRef::from(&accepted);
+        assert!(accepted.keepalive().unwrap());
+        assert_eq!(accepted.keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            accepted.keepalive_interval().unwrap(),
+            Duration::from_secs(10)
         );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(watch.is_finished(), "did not fire after the limit");
+        assert_eq!(accepted.keepalive_retries().unwrap(), 3);
     }
 }

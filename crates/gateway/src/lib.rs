@@ -7,22 +7,25 @@
 
 mod access_log;
 pub mod app;
+mod body_limit;
 pub mod certs;
-mod coalesce;
 pub mod config;
 mod connection;
 pub mod logging;
 mod middleware;
 pub mod privilege;
+mod request;
 mod request_metrics;
 pub mod rotate;
 pub mod server;
-mod service;
+mod stream;
 pub mod tls;
+mod watchdog;
 
 use std::path::PathBuf;
 
 pub use app::Services;
+pub use body_limit::BodyTooLarge;
 pub use config::{GatewayConfig, LimitsConfig, ListenerConfig, LogConfig, TlsConfig};
 pub use middleware::RequestId;
 pub use server::{Gateway, ListenerInfo};

@@ -1,4 +1,4 @@
-//! The gateway's per-request rules, used by `service`: the request id, the body-size limit
+//! The gateway's per-request rules, used by `request`: the request id, the body-size limit
 //! and the text of durations in error messages.
 
 use std::cell::Cell;
@@ -78,7 +78,7 @@ fn next_request_number() -> u64 {
 }
 
 /// 413 for a body whose declared length (`Content-Length`, as hyper parsed it) is over the
-/// limit; chunked bodies are cut by the `DefaultBodyLimit` that extractors obey.
+/// limit; other bodies are counted as they stream (`body_limit`).
 pub(crate) fn over_body_limit(declared: Option<u64>, limit: usize) -> Option<Response> {
     let declared = declared?;
     (declared > limit as u64).then(|| {

@@ -207,7 +207,8 @@ fn bind_listener(
 
 /// Binds with `SO_REUSEADDR` (a restart need not wait for old connections in TIME_WAIT) but
 /// not `SO_REUSEPORT`, so a second server cannot silently share the port; an IPv6 wildcard
-/// is dual-stack (accepts IPv4 as v4-mapped addresses).
+/// is dual-stack (accepts IPv4 as v4-mapped addresses). Accepted sockets inherit TCP
+/// keepalive and `TCP_NODELAY` from it.
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
@@ -216,6 +217,7 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     }
     socket.set_reuse_address(true)?;
     socket.set_nodelay(true)?;
+    socket.set_tcp_keepalive(&crate::connection::tcp_keepalive())?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;

@@ -1,5 +1,7 @@
 //! Gateway behaviour over real sockets: TLS and HTTP versions, certificate names, limits,
-//! timeouts, connection limit, shutdown, config errors, log rotation, privilege drop.
+//! shutdown, config errors, log rotation, privilege drop. Connection limits against hostile
+//! clients (timeouts, slow readers, bodies of unknown length, `max_connections`) are in
+//! `connection_limits.rs`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -182,122 +184,11 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, Durat
 }
 
 const PLAIN: &str = "[[listener]]\naddr = \"127.0.0.1:0\"\n";
-const PLAIN_WITH_MESSAGES: &str =
-    "[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"messages\"]\n";
-
-/// A server with `header_timeout = "1s"` on `listeners` (`None`: the default listeners).
-async fn one_second_header_timeout(listeners: Option<&str>) -> Portico {
-    let mut builder = Portico::builder(BIN).toml("[limits]\nheader_timeout = \"1s\"\n");
-    if let Some(listeners) = listeners {
-        builder = builder.listeners_toml(listeners);
-    }
-    builder.start().await.unwrap()
-}
-
-#[tokio::test]
-async fn a_client_sending_headers_slowly_is_cut_off_after_the_timeout() {
-    let server = one_second_header_timeout(Some(PLAIN)).await;
-    let addr = server.addr();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        let start = Instant::now();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            .unwrap();
-        // One header byte every 200 ms: the whole head would take 6 s.
-        for byte in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
-            if stream.write_all(&[*byte]).is_err() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-            if start.elapsed() > Duration::from_secs(5) {
-                break;
-            }
-        }
-        let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(5));
-        (answer, start.elapsed())
-    })
-    .await
-    .unwrap();
-    let (answer, elapsed) = outcome;
-    let text = String::from_utf8_lossy(&answer);
-    assert!(
-        !text.contains("200 OK"),
-        "a slow client must not be served: {text}"
-    );
-    assert!(
-        elapsed < Duration::from_secs(4),
-        "cut off after {elapsed:?}"
-    );
-}
-
-#[tokio::test]
-async fn a_silent_tls_client_is_dropped_after_the_timeout() {
-    let server = one_second_header_timeout(None).await;
-    let addr = server.addr();
-    let elapsed = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        read_until_closed(&mut stream, Duration::from_secs(5)).1
-    })
-    .await
-    .unwrap();
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
-        "{elapsed:?}"
-    );
-}
-
-#[tokio::test]
-async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
-    let server = one_second_header_timeout(Some(PLAIN)).await;
-    let addr = server.addr();
-    let (answer, idle) = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        read_until_closed(&mut stream, Duration::from_secs(5))
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(
-        idle >= Duration::from_millis(900) && idle < Duration::from_secs(3),
-        "closed after {idle:?}"
-    );
-}
-
-#[tokio::test]
-async fn a_slow_upload_is_not_cut_by_the_header_timeout() {
-    let server = one_second_header_timeout(Some(PLAIN_WITH_MESSAGES)).await;
-    let addr = server.addr();
-    let answer = tokio::task::spawn_blocking(move || {
-        let body = br#"{"message": "uploaded slowly"}"#;
-        let head = format!(
-            "POST /messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream.write_all(head.as_bytes()).unwrap();
-        // The body takes about 2 s, twice the header timeout: the head was complete, so
-        // the request is in progress and only the request timeout applies.
-        for byte in body {
-            stream.write_all(&[*byte]).unwrap();
-            std::thread::sleep(Duration::from_millis(2000 / body.len() as u64));
-        }
-        read_until_closed(&mut stream, Duration::from_secs(5)).0
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&answer);
-    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
-}
 
 #[tokio::test]
 async fn cleartext_http2_with_prior_knowledge_is_served() {
     let server = Portico::builder(BIN)
-        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\n")
+        .listeners_toml(PLAIN)
         .start()
         .await
         .unwrap();
@@ -311,77 +202,6 @@ async fn cleartext_http2_with_prior_knowledge_is_served() {
     assert!(answer.headers().contains_key("x-request-id"));
     let http1 = reqwest::get(server.url("/healthz")).await.unwrap();
     assert_eq!(http1.version(), reqwest::Version::HTTP_11);
-}
-
-#[tokio::test]
-async fn connections_over_the_limit_get_503() {
-    let server = Portico::builder(BIN)
-        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\n")
-        .toml("[limits]\nmax_connections = 2\n")
-        .start()
-        .await
-        .unwrap();
-    let addr = server.addr();
-    let third = tokio::task::spawn_blocking(move || {
-        let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        std::thread::sleep(Duration::from_millis(200));
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(5));
-        drop(held);
-        String::from_utf8_lossy(&answer).to_string()
-    })
-    .await
-    .unwrap();
-    assert!(third.starts_with("HTTP/1.1 503"), "{third}");
-    assert!(third.contains("too many connections"), "{third}");
-    // The held connections are closed: their slots come back once the server sees EOF.
-    let url = server.url("/healthz");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let status = reqwest::get(&url).await.unwrap().status();
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {status} after the held connections closed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-#[tokio::test]
-async fn an_http2_connection_over_the_limit_gets_503() {
-    let server = Portico::builder(BIN)
-        .listeners_toml(PLAIN)
-        .toml("[limits]\nmax_connections = 1\n")
-        .start()
-        .await
-        .unwrap();
-    let held = TcpStream::connect(server.addr()).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let client = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let answer = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.get(server.url("/healthz")).send(),
-    )
-    .await
-    .expect("an over-limit HTTP/2 connection is answered, not left hanging")
-    .unwrap();
-    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
-    assert_eq!(answer.status(), 503);
-    assert!(answer
-        .text()
-        .await
-        .unwrap()
-        .contains("too many connections"));
-    drop(held);
 }
 
 #[tokio::test]

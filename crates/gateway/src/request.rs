@@ -1,12 +1,19 @@
-//! The service hyper calls for every request of a connection: the gateway's layer (request
-//! id, body-size limit, request timeout, metrics, access log), then the answer.
+//! The per-connection request layer: the service hyper calls for every request of a
+//! connection. The gateway's steps (request id, body-size limit, request timeout, metrics,
+//! access log, the watchdog's request marks), then the answer.
 //!
 //! It is written by hand rather than as tower layers around the router: every `from_fn`
 //! layer boxes a future and clones the inner service per request, and the request timeout
 //! armed a timer per request. Here a request costs one small future; the timeout timer is
-//! only made when a service does not answer at once; `/healthz` (`GET`/`HEAD`), the refusals
-//! (413, and 503 past `max_connections`) are answered without the router; everything else
-//! goes to the listener's axum router with `ConnectInfo` and `RequestId` attached.
+//! only made when a service does not answer at once; `/healthz` (`GET`/`HEAD`) and a body
+//! whose declared length is over the limit (413) are answered without the router;
+//! everything else goes to the listener's axum router with `ConnectInfo` and `RequestId`
+//! attached, its body counted against the limit when its length was not declared
+//! (`body_limit`).
+//!
+//! A request's clock starts when the first bytes of its head arrived, when the connection's
+//! stream saw them (HTTP/1; nginx's `$request_time` counts the same way), else when hyper
+//! hands it over: the request timeout, the logged duration and the metrics count from there.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,12 +36,13 @@ use tower::Service as _;
 
 use crate::access_log::{AccessRecord, GatewayBody, Payload};
 use crate::app::error_response;
-use crate::connection::{HeadClock, InProgress};
+use crate::body_limit::{LimitWatch, RequestBody};
 use crate::logging;
 use crate::middleware::{
     duration_text, over_body_limit, request_id, RequestId, ServiceTag, REQUEST_ID,
 };
 use crate::request_metrics;
+use crate::watchdog::{Activity, InProgress};
 
 /// What the gateway enforces on every request.
 #[derive(Debug, Clone, Copy)]
@@ -59,57 +67,57 @@ pub(crate) struct ListenerApp {
 pub(crate) struct ConnectionService {
     app: Arc<ListenerApp>,
     peer: SocketAddr,
-    head_clock: Option<Arc<HeadClock>>,
-    overloaded: bool,
+    activity: Arc<Activity>,
 }
 
 impl ConnectionService {
-    pub(crate) fn new(app: Arc<ListenerApp>, peer: SocketAddr) -> Self {
+    /// Marks each request as in progress on `activity` (for the connection's watchdog) until
+    /// its response body is dropped.
+    pub(crate) fn new(app: Arc<ListenerApp>, peer: SocketAddr, activity: Arc<Activity>) -> Self {
         ConnectionService {
             app,
             peer,
-            head_clock: None,
-            overloaded: false,
+            activity,
         }
-    }
-
-    /// A connection over `max_connections`: every request gets 503 and the connection closes.
-    pub(crate) fn overloaded(mut self, overloaded: bool) -> Self {
-        self.overloaded = overloaded;
-        self
-    }
-
-    /// Marks each request as in progress on `clock` until its response body ends.
-    pub(crate) fn with_head_clock(mut self, clock: Arc<HeadClock>) -> Self {
-        self.head_clock = Some(clock);
-        self
-    }
-
-    pub(crate) fn is_overloaded(&self) -> bool {
-        self.overloaded
     }
 
     pub(crate) fn peer(&self) -> SocketAddr {
         self.peer
     }
 
-    fn answer(&self, mut request: Request<Incoming>, id: &HeaderValue) -> Answer {
-        if self.overloaded {
-            return Answer::ready(overloaded_response().map(Payload::Service), None);
-        }
+    pub(crate) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
+    /// The answer, and what tells when a counted body passed the body limit.
+    fn answer(
+        &self,
+        mut request: Request<Incoming>,
+        id: &HeaderValue,
+    ) -> (Answer, Option<LimitWatch>) {
         let limit = self.app.limits.max_body_bytes;
         let declared = request.body().size_hint().exact();
         if let Some(refusal) = over_body_limit(declared, limit) {
-            return Answer::ready(refusal.map(Payload::Service), None);
+            return (Answer::ready(refusal.map(Payload::Service), None), None);
         }
         if is_healthz(&request) {
             let response = healthz_response(self.app.healthz.clone());
-            return Answer::ready(response, Some(self.app.gateway.clone()));
+            return (
+                Answer::ready(response, Some(self.app.gateway.clone())),
+                None,
+            );
         }
         let extensions = request.extensions_mut();
         extensions.insert(ConnectInfo(self.peer));
         extensions.insert(RequestId(id.clone()));
-        Answer::Routed(Box::pin(self.app.router.clone().call(request)))
+        let mut limit_watch = None;
+        let request = request.map(|body| {
+            let (body, watch) = RequestBody::new(body, declared, limit as u64);
+            limit_watch = watch;
+            body
+        });
+        let routed = Answer::Routed(Box::pin(self.app.router.clone().call(request)));
+        (routed, limit_watch)
     }
 }
 
@@ -119,15 +127,16 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
     type Future = GatewayFuture;
 
     fn call(&self, request: Request<Incoming>) -> GatewayFuture {
-        let start = Instant::now();
-        let in_progress = self.head_clock.as_ref().map(InProgress::begin);
+        let start = self.activity.take_head_start().unwrap_or_else(Instant::now);
+        let in_progress = InProgress::begin(&self.activity);
         let id = request_id(request.headers());
         let record = logging::access_log_enabled()
             .then(|| AccessRecord::new(self.peer, &request, &id, start.into_std()));
-        let answer = self.answer(request, &id);
+        let (answer, body_limit) = self.answer(request, &id);
         GatewayFuture {
             answer,
             timer: None,
+            body_limit,
             request: Some(InFlight {
                 start,
                 id,
@@ -142,18 +151,6 @@ impl hyper::service::Service<Request<Incoming>> for ConnectionService {
 fn is_healthz(request: &Request<Incoming>) -> bool {
     request.uri().path() == "/healthz"
         && (request.method() == Method::GET || request.method() == Method::HEAD)
-}
-
-/// What a connection over `max_connections` gets: 503 and `Connection: close`.
-fn overloaded_response() -> Response {
-    let mut response = error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "too many connections: try again later",
-    );
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response
 }
 
 enum Answer {
@@ -185,7 +182,7 @@ struct InFlight {
     start: Instant,
     id: HeaderValue,
     record: Option<AccessRecord>,
-    in_progress: Option<InProgress>,
+    in_progress: InProgress,
     timeout: Duration,
 }
 
@@ -194,6 +191,8 @@ pub(crate) struct GatewayFuture {
     answer: Answer,
     /// The request timeout, armed when the service first answers `Pending`.
     timer: Option<Pin<Box<Sleep>>>,
+    /// Set when the request body is counted against the body limit.
+    body_limit: Option<LimitWatch>,
     request: Option<InFlight>,
 }
 
@@ -205,10 +204,13 @@ impl Future for GatewayFuture {
         let (response, service) = match &mut this.answer {
             Answer::Ready(ready) => ready.take().unwrap_or_else(polled_again),
             Answer::Routed(future) => match future.as_mut().poll(cx) {
-                Poll::Ready(Ok(response)) => {
-                    let service = response.extensions().get::<ServiceTag>().cloned();
-                    (response.map(Payload::Service), service)
-                }
+                Poll::Ready(Ok(response)) => match this.body_too_large(&response) {
+                    Some(refusal) => (refusal.map(Payload::Service), None),
+                    None => {
+                        let service = response.extensions().get::<ServiceTag>().cloned();
+                        (response.map(Payload::Service), service)
+                    }
+                },
                 Poll::Ready(Err(never)) => match never {},
                 Poll::Pending => match this.timed_out(cx) {
                     Some(response) => (response.map(Payload::Service), None),
@@ -221,6 +223,17 @@ impl Future for GatewayFuture {
 }
 
 impl GatewayFuture {
+    /// The gateway's 413 in place of `response` when the request body passed the limit while
+    /// the service read it (the service saw a failed read), unless the service said 413.
+    fn body_too_large(&self, response: &Response) -> Option<Response> {
+        let too_large = self.body_limit.as_ref()?.passed()?;
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return None;
+        }
+        let message = too_large.to_string();
+        Some(error_response(StatusCode::PAYLOAD_TOO_LARGE, &message))
+    }
+
     /// The 504 once the request timeout has passed; arms the timer on first use.
     fn timed_out(&mut self, cx: &mut Context<'_>) -> Option<Response> {
         let request = self.request.as_ref()?;
@@ -255,7 +268,7 @@ impl GatewayFuture {
         let elapsed = request.start.elapsed();
         request_metrics::record(service.as_ref(), route, status.as_u16(), elapsed);
         let record = request.record.map(|record| record.finish(service, status));
-        response.map(|body| GatewayBody::new(body, record, request.in_progress))
+        response.map(|body| GatewayBody::new(body, record, Some(request.in_progress)))
     }
 }
 
