@@ -29,29 +29,46 @@ fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// Polls the service's data file every `interval` and reloads it when it changes. Runs until
-/// the task is dropped; returns at once when the service has no data file.
-pub async fn watch(service: RegionService, interval: Duration) {
-    let Some(path) = service.data_path().map(Path::to_path_buf) else {
-        return;
-    };
-    let mut last = stamp(&path);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let now = stamp(&path);
-        if now == last {
-            continue;
+/// Polls a data file and reloads the service when it changes.
+#[derive(Debug)]
+pub struct Watcher {
+    path: std::path::PathBuf,
+    interval: Duration,
+    last: Option<Stamp>,
+}
+
+impl Watcher {
+    /// Notes the file's current version. Make it *before* the service loads the file: a
+    /// change between this and the load is reloaded once more (harmless), while a stamp taken
+    /// after the load (or when the watch task first runs) would miss a change made meanwhile.
+    pub fn before_load(path: &Path, interval: Duration) -> Watcher {
+        Watcher {
+            path: path.to_path_buf(),
+            interval,
+            last: stamp(path),
         }
-        last = now;
-        if now.is_none() {
-            tracing::warn!(file = %path.display(), "region data file is gone; still serving the previous data");
-            continue;
+    }
+
+    /// Polls the file every `interval` and reloads `service` when the file changed. Runs
+    /// until the task is dropped.
+    pub async fn run(mut self, service: RegionService) {
+        let path = self.path;
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let now = stamp(&path);
+            if now == self.last {
+                continue;
+            }
+            self.last = now;
+            if now.is_none() {
+                tracing::warn!(file = %path.display(), "region data file is gone; still serving the previous data");
+                continue;
+            }
+            tracing::info!(file = %path.display(), "region data file changed; reloading");
+            // Errors are logged by reload; the old data keeps serving.
+            let _ = service.reload().await;
         }
-        tracing::info!(file = %path.display(), "region data file changed; reloading");
-        // Errors are logged by reload; the old data keeps serving.
-        let _ = service.reload().await;
     }
 }

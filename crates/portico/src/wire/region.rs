@@ -89,6 +89,10 @@ impl BuiltIn for Region {
 /// Opens the region service with its reload triggers (SIGHUP, changes of the data file) as
 /// background tasks.
 fn open_region(config: &region::Config, background: Background) -> anyhow::Result<Service> {
+    let watcher = match (&config.data, config.watch_interval()) {
+        (Some(path), Some(interval)) => Some(region::watch::Watcher::before_load(path, interval)),
+        _ => None,
+    };
     let region = RegionService::open(config)?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let on_signal = region.clone();
@@ -99,11 +103,8 @@ fn open_region(config: &region::Config, background: Background) -> anyhow::Resul
             let _ = on_signal.reload().await;
         }
     });
-    if let Some(interval) = config.watch_interval() {
-        background.spawn(
-            "watch the data file",
-            region::watch::watch(region.clone(), interval),
-        );
+    if let Some(watcher) = watcher {
+        background.spawn("watch the data file", watcher.run(region.clone()));
     }
     Ok(Service::new("region", region.router()).with_background(background))
 }

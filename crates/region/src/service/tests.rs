@@ -297,9 +297,10 @@ async fn watcher_reloads_when_the_file_changes() {
         ..Config::default()
     };
     let (svc, dir) = service_with(EXAMPLE, config);
-    let task = tokio::spawn(crate::watch::watch(svc.clone(), Duration::from_secs(1)));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let path = dir.path().join("regionData.cfg");
+    let watcher = crate::watch::Watcher::before_load(&path, Duration::from_secs(1));
+    let task = tokio::spawn(watcher.run(svc.clone()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let new = "[eu]\nsmt-server-ip = 5.5.5.5\nsmt-server-name = n\nsmt-fingerprint = f\n";
     std::fs::write(&path, new).unwrap();
     // The reload runs on the blocking pool (real time): give it bounded chances (~5 s).
@@ -311,6 +312,38 @@ async fn watcher_reloads_when_the_file_changes() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     assert!(svc.data().by_name("eu").is_some());
+    task.abort();
+}
+
+/// Regression: the watcher took its first look at the file when its task first ran, so a
+/// change made between the load and that moment was never noticed (seen under a loaded test
+/// machine: `data_file_change_is_picked_up_without_a_signal` timed out).
+#[tokio::test(start_paused = true)]
+async fn a_change_before_the_watch_task_first_runs_is_not_missed() {
+    let config = Config {
+        watch_interval_secs: 1,
+        ..Config::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("regionData.cfg");
+    std::fs::write(&path, EXAMPLE).unwrap();
+    let watcher = crate::watch::Watcher::before_load(&path, Duration::from_secs(1));
+    let svc = RegionService::open(&Config {
+        data: Some(path.clone()),
+        ..config
+    })
+    .unwrap();
+    let new = "[eu]\nsmt-server-ip = 5.5.5.5\nsmt-server-name = n\nsmt-fingerprint = f\n";
+    std::fs::write(&path, new).unwrap();
+    let task = tokio::spawn(watcher.run(svc.clone()));
+    for _ in 0..500 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if svc.data().by_name("eu").is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(svc.data().by_name("eu").is_some(), "the change was missed");
     task.abort();
 }
 
