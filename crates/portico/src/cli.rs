@@ -32,4 +32,7 @@ pub enum Command {
     Regioninfo(crate::wire::region::LegacyArgs),
     /// Serve the fib back-end wire protocol on TCP.
     FibBackend(crate::wire::fib::BackendArgs),
+    /// Convert an original system's config to Portico's TOML.
+    #[command(subcommand)]
+    Migrate(crate::wire::jobs::MigrateCommand),
 }

@@ -18,8 +18,10 @@
 //! block, `toml` appends sections, `top_level` adds top-level keys. When the tests run as root
 //! the config says `allow_root = true` (privilege drop has its own test).
 
+mod python;
 mod redis;
 
+pub use python::{python3, Venv};
 pub use redis::{have_root, server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
 
 use std::io::{BufRead, BufReader, Read};

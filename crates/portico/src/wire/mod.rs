@@ -2,6 +2,7 @@
 //! owner changes only its own file. `build` opens every service the config enables.
 
 pub mod fib;
+pub mod jobs;
 pub mod messages;
 pub mod region;
 
