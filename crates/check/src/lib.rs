@@ -1,12 +1,46 @@
 //! Probes behind `portico check`: end-to-end checks of a running Portico, the watchdog that
 //! cron or a systemd timer runs. `/healthz` first, then the probe of each service the
-//! listener says it mounts.
+//! listener says it mounts. Which probe belongs to which service is the binary's table of
+//! services; this crate provides the probes ([`messages_probe`], [`region_probe`],
+//! [`fib_probe`]).
 
 mod fib;
 mod messages;
 mod region;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
+
+/// One service's end-to-end probe: pushes a line per thing checked to `done`.
+pub type Probe = for<'a> fn(
+    &'a Target,
+    &'a mut Vec<String>,
+) -> Pin<Box<dyn Future<Output = Result<(), CheckError>> + Send + 'a>>;
+
+/// The messages probe: the official test's sequence (404, POST/GET `foo` and `bar`).
+pub fn messages_probe<'a>(
+    target: &'a Target,
+    done: &'a mut Vec<String>,
+) -> Pin<Box<dyn Future<Output = Result<(), CheckError>> + Send + 'a>> {
+    Box::pin(messages::probe(target, done))
+}
+
+/// The region probe: `/regionInfo` answers XML with servers.
+pub fn region_probe<'a>(
+    target: &'a Target,
+    done: &'a mut Vec<String>,
+) -> Pin<Box<dyn Future<Output = Result<(), CheckError>> + Send + 'a>> {
+    Box::pin(region::probe(target, done))
+}
+
+/// The fib probe: `/fib/10` byte for byte.
+pub fn fib_probe<'a>(
+    target: &'a Target,
+    done: &'a mut Vec<String>,
+) -> Pin<Box<dyn Future<Output = Result<(), CheckError>> + Send + 'a>> {
+    Box::pin(fib::probe(target, done))
+}
 
 /// What a probe talks to.
 #[derive(Debug, Clone)]
@@ -73,16 +107,18 @@ pub fn client(cacert_pem: Option<&[u8]>, timeout: Duration) -> Result<reqwest::C
     })
 }
 
-/// Runs `/healthz` and then every mounted service's probe, pushing one line per thing
-/// checked to `done` (so what passed before a failure can be shown).
-pub async fn run(target: &Target, done: &mut Vec<String>) -> Result<(), CheckError> {
+/// Runs `/healthz` and then the probe (from `probes`, by service name) of every service the
+/// listener mounts, pushing one line per thing checked to `done` (so what passed before a
+/// failure can be shown).
+pub async fn run(
+    target: &Target,
+    probes: &[(&str, Probe)],
+    done: &mut Vec<String>,
+) -> Result<(), CheckError> {
     let services = healthz(target, done).await?;
     for service in &services {
-        match service.as_str() {
-            "messages" => messages::probe(target, done).await?,
-            "region" => region::probe(target, done).await?,
-            "fib" => fib::probe(target, done).await?,
-            _ => {}
+        if let Some((_, probe)) = probes.iter().find(|(name, _)| name == service) {
+            probe(target, done).await?;
         }
     }
     Ok(())

@@ -7,26 +7,20 @@
 //! One deliberate difference: a token must carry `exp` (PyJWT let a token without one live
 //! forever; every token the original made had one, so no client notices).
 //!
-//! The key itself: `jwt_key` from the config, or, when unset, a random key Portico makes on
-//! first start and keeps in the data directory (`jobs/jwt.key`, mode 0600), so
-//! `portico token` and `portico serve` agree without anyone choosing a secret.
+//! The key itself is the core's (`jobs::config::JwtKey`): `jwt_key` from the config, or a
+//! random key made on first start and kept in the data directory (0600), so `portico token`
+//! and `portico serve` agree without anyone choosing a secret.
 
-use std::io::{Read, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+use jobs::config::{JwtAlgorithm, JwtKey};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
 
 /// Seconds a token may be past its `exp` and still pass (the original's `leeway=10`).
 pub const LEEWAY_SECS: u64 = 10;
-
-/// Where the generated key lives, relative to the data directory.
-pub const KEY_FILE: &str = "jobs/jwt.key";
-
-/// Bytes of a generated key (HS512 wants at least its 64-byte block).
-const GENERATED_KEY_BYTES: usize = 64;
 
 /// Why a request's token was refused. Each is a 401 with vesta code 101.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,94 +45,11 @@ pub enum AuthError {
     MissingClaim(String),
 }
 
-/// Why the key could not be read or made.
+/// Why a token could not be made.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("jwt_key is not valid base64: {0}")]
-    NotBase64(base64::DecodeError),
-    #[error("jwt_key decodes to no bytes")]
-    Empty,
-    #[error("reading the generated JWT key {path}: {error}")]
-    Read { path: String, error: std::io::Error },
-    #[error("writing the generated JWT key {path}: {error}")]
-    Write { path: String, error: std::io::Error },
+pub enum SignError {
     #[error("signing a token: {0}")]
     Sign(jsonwebtoken::errors::Error),
-}
-
-/// The HMAC key: the base64-decoded `jwt_key`.
-#[derive(Clone)]
-pub struct JwtKey(Vec<u8>);
-
-impl std::fmt::Debug for JwtKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JwtKey(..)")
-    }
-}
-
-impl JwtKey {
-    /// The key `jwt_key` names (standard base64, as Python's `b64decode` reads it).
-    pub fn from_base64(text: &str) -> Result<JwtKey, KeyError> {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(KeyError::NotBase64)?;
-        if bytes.is_empty() {
-            return Err(KeyError::Empty);
-        }
-        Ok(JwtKey(bytes))
-    }
-
-    /// `configured` when set, else the key kept in the data directory (made on first use).
-    pub fn configured_or_generated(
-        configured: Option<&str>,
-        data_dir: &service::DataDir,
-    ) -> Result<JwtKey, KeyError> {
-        match configured {
-            Some(text) => JwtKey::from_base64(text),
-            None => JwtKey::from_base64(&generated_key(data_dir)?),
-        }
-    }
-}
-
-/// The base64 text of the key in `data_dir`, written (0600) when it does not exist yet.
-fn generated_key(data_dir: &service::DataDir) -> Result<String, KeyError> {
-    let path = data_dir.path().join(KEY_FILE).display().to_string();
-    let jobs = data_dir.subdir("jobs").map_err(|error| KeyError::Write {
-        path: path.clone(),
-        error: std::io::Error::other(error.to_string()),
-    })?;
-    let name = "jwt.key";
-    match jobs.dir().open(name) {
-        Ok(mut file) => {
-            let mut text = String::new();
-            file.read_to_string(&mut text)
-                .map_err(|error| KeyError::Read { path, error })?;
-            Ok(text)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let text = new_key_text();
-            write_private(jobs.dir(), name, &text)
-                .map_err(|error| KeyError::Write { path, error })?;
-            Ok(text)
-        }
-        Err(error) => Err(KeyError::Read { path, error }),
-    }
-}
-
-fn new_key_text() -> String {
-    let mut bytes = [0u8; GENERATED_KEY_BYTES];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// Creates `name` with mode 0600 (never replacing one a concurrent start wrote first).
-fn write_private(dir: &cap_std::fs::Dir, name: &str, text: &str) -> std::io::Result<()> {
-    use cap_std::fs::OpenOptionsExt;
-    let mut options = cap_std::fs::OpenOptions::new();
-    options.write(true).create_new(true).mode(0o600);
-    let mut file = dir.open_with(name, &options)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
 }
 
 /// What `portico token` puts in a token (checked claims are read as a map, so a token that
@@ -170,6 +81,11 @@ impl Verifier {
     /// A verifier for tokens signed with `key` for `audience`; `bypass` accepts everything
     /// (the original's `BYPASS_SECURITY`).
     pub fn new(key: &JwtKey, audience: &str, bypass: bool) -> Verifier {
+        Verifier::from_secret(&key.bytes, audience, bypass)
+    }
+
+    /// A verifier for an HMAC secret given as bytes.
+    pub fn from_secret(secret: &[u8], audience: &str, bypass: bool) -> Verifier {
         let mut validation = Validation::new(Algorithm::HS512);
         validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
         validation.set_audience(&[audience]);
@@ -177,7 +93,7 @@ impl Verifier {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "aud"]);
         Verifier {
-            key: DecodingKey::from_secret(&key.0),
+            key: DecodingKey::from_secret(secret),
             validation,
             bypass,
         }
@@ -275,6 +191,15 @@ pub fn signing_algorithm(name: &str) -> Option<Algorithm> {
     }
 }
 
+/// The `jsonwebtoken` algorithm of the config's `jwt_algorithm`.
+pub fn algorithm_of(algorithm: JwtAlgorithm) -> Algorithm {
+    match algorithm {
+        JwtAlgorithm::Hs256 => Algorithm::HS256,
+        JwtAlgorithm::Hs384 => Algorithm::HS384,
+        JwtAlgorithm::Hs512 => Algorithm::HS512,
+    }
+}
+
 /// A token for `audience` valid for `ttl` from now: what `portico token` prints, shaped as
 /// the original's (`{"aud": ..., "exp": ...}`).
 pub fn sign(
@@ -282,7 +207,7 @@ pub fn sign(
     audience: &str,
     algorithm: Algorithm,
     ttl: Duration,
-) -> Result<String, KeyError> {
+) -> Result<String, SignError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -293,9 +218,9 @@ pub fn sign(
     jsonwebtoken::encode(
         &Header::new(algorithm),
         &claims,
-        &EncodingKey::from_secret(&key.0),
+        &EncodingKey::from_secret(&key.bytes),
     )
-    .map_err(KeyError::Sign)
+    .map_err(SignError::Sign)
 }
 
 #[cfg(test)]
@@ -318,7 +243,7 @@ mod tests {
         jsonwebtoken::encode(
             &Header::new(alg),
             &claims,
-            &EncodingKey::from_secret(&key.0),
+            &EncodingKey::from_secret(&key.bytes),
         )
         .unwrap()
     }
@@ -377,7 +302,7 @@ mod tests {
         let no_exp = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
             &serde_json::json!({"aud": "vlbTest"}),
-            &EncodingKey::from_secret(&key.0),
+            &EncodingKey::from_secret(&key.bytes),
         )
         .unwrap();
         assert_eq!(
@@ -393,28 +318,14 @@ mod tests {
     }
 
     #[test]
-    fn signed_tokens_verify_and_the_generated_key_is_kept_private() {
-        let temp = tempfile::tempdir().unwrap();
-        let (data_dir, _) = service::DataDir::open_or_create(temp.path()).unwrap();
-        let key = JwtKey::configured_or_generated(None, &data_dir).unwrap();
-        let again = JwtKey::configured_or_generated(None, &data_dir).unwrap();
-        assert_eq!(key.0, again.0, "the same key on every start");
-        assert_eq!(key.0.len(), GENERATED_KEY_BYTES);
-        let mode = std::fs::metadata(temp.path().join(KEY_FILE))
-            .unwrap()
-            .permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o600
-        );
+    fn signed_tokens_verify() {
+        let key = JwtKey::from_base64(KEY).unwrap();
         let token = sign(&key, "aud", Algorithm::HS512, Duration::from_secs(600)).unwrap();
         assert_eq!(
             Verifier::new(&key, "aud", false).check(Some(token.as_bytes())),
             Ok(())
         );
-        assert!(matches!(
-            JwtKey::from_base64("not base64!"),
-            Err(KeyError::NotBase64(_))
-        ));
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!(header.alg, Algorithm::HS512);
     }
 }

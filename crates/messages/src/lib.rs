@@ -3,7 +3,8 @@
 //! `docs/messages.md`.
 //!
 //! The service knows nothing of which store it holds (`store::AnyStore`); [`MessagesService::open`]
-//! picks one from the config ([`config`] documents the precedence).
+//! picks one from the config ([`config`] documents the precedence). The embedded store is
+//! opened through a handle on the data directory, never a path (see `durable`).
 
 #![forbid(unsafe_code)]
 
@@ -12,10 +13,11 @@ mod request;
 mod response;
 mod routes;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use store::{AnyStore, EmbeddedStore, RedisStore};
+use cap_std::fs::Dir;
+use store::{AnyStore, EmbeddedStore, Health, RedisStore};
+use tokio::sync::watch;
 
 pub use config::{Config, StoreChoice, REDIS_HOST_ENV};
 pub use response::ApiError;
@@ -29,11 +31,8 @@ pub const EMBEDDED_FILE: &str = "messages.redb";
 pub enum Error {
     #[error("invalid [messages] config: {0}")]
     Config(String),
-    #[error("creating data directory {path}: {error}")]
-    DataDir {
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    #[error("duplicating the data directory handle: {0}")]
+    DataDir(std::io::Error),
     #[error("opening the message store: {0}")]
     Store(store::StoreError),
 }
@@ -51,9 +50,11 @@ pub struct MessagesService {
 }
 
 impl MessagesService {
-    /// Opens the configured store (the embedded one lives in `data_dir/messages.redb`).
-    /// A Redis that is down at start is not fatal: requests answer 503 until it is up.
-    pub async fn open(config: &Config, data_dir: &Path) -> Result<Self, Error> {
+    /// Opens the configured store (the embedded one is the file `messages.redb` in the
+    /// directory `data_dir` is a handle on; it keeps a duplicate of the handle to reopen the
+    /// file after I/O errors). A Redis that is down at start is not fatal: requests answer 503
+    /// until it is up.
+    pub async fn open(config: &Config, data_dir: &Dir) -> Result<Self, Error> {
         let store = match config.store_choice().map_err(Error::Config)? {
             StoreChoice::Embedded => {
                 AnyStore::Embedded(open_embedded(data_dir, config.cache_bytes).await?)
@@ -79,20 +80,30 @@ impl MessagesService {
         &self.app.store
     }
 
+    /// How the store is doing now (`Healthy`, or why it is not: the embedded store's disk
+    /// failed or is full and it is reopening itself).
+    pub fn health(&self) -> Health {
+        self.app.store.health()
+    }
+
+    /// A receiver that sees every change of [`MessagesService::health`], for `/readyz`.
+    pub fn watch_health(&self) -> watch::Receiver<Health> {
+        self.app.store.watch_health()
+    }
+
     /// The routes this service owns, with their full paths (`/messages...`).
     pub fn router(&self) -> axum::Router {
         routes::router(Arc::clone(&self.app))
     }
 }
 
-async fn open_embedded(data_dir: &Path, cache_bytes: usize) -> Result<EmbeddedStore, Error> {
-    std::fs::create_dir_all(data_dir).map_err(|error| Error::DataDir {
-        path: data_dir.to_path_buf(),
-        error,
-    })?;
-    let path = data_dir.join(EMBEDDED_FILE);
-    let store = EmbeddedStore::open(&path, cache_bytes).await?;
-    tracing::info!(path = %path.display(), "messages: embedded store");
+async fn open_embedded(data_dir: &Dir, cache_bytes: usize) -> Result<EmbeddedStore, Error> {
+    let dir = data_dir.try_clone().map_err(Error::DataDir)?;
+    let store = EmbeddedStore::open(dir, EMBEDDED_FILE, cache_bytes).await?;
+    tracing::info!(
+        file = EMBEDDED_FILE,
+        "messages: embedded store in the data directory"
+    );
     Ok(store)
 }
 

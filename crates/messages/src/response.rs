@@ -32,16 +32,34 @@ pub enum ApiError {
         path: String,
         allow: &'static str,
     },
-    /// The store failed.
+    /// Storing a message failed.
     #[error("{}", store_text(.0))]
     Store(StoreError),
+    /// Looking a message up failed.
+    #[error("{}", lookup_text(.0))]
+    Lookup(StoreError),
 }
 
+const UNAVAILABLE: &str = "message store is unavailable, try again later";
+const FAILED: &str = "message store failed; the server log has the details";
+
 fn store_text(error: &StoreError) -> &'static str {
-    if error.is_retryable() {
-        "message store is unavailable, try again later"
+    if error.is_disk_full() {
+        "message store is out of disk space; the message was not stored, try again later"
+    } else if error.is_retryable() {
+        UNAVAILABLE
     } else {
-        "message store failed; the server log has the details"
+        FAILED
+    }
+}
+
+fn lookup_text(error: &StoreError) -> &'static str {
+    if error.is_disk_full() {
+        "message store is recovering from a full disk, try again later"
+    } else if error.is_retryable() {
+        UNAVAILABLE
+    } else {
+        FAILED
     }
 }
 
@@ -54,8 +72,12 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Store(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            // 507 only where storing is what failed; a lookup waits for the store to heal.
+            ApiError::Store(e) if e.is_disk_full() => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Store(e) | ApiError::Lookup(e) if e.is_retryable() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Store(_) | ApiError::Lookup(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -73,19 +95,18 @@ struct MessageBody<'a> {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let text = self.to_string();
-        let mut response = json_response(self.status(), pretty(&ErrMsg { err_msg: &text }));
-        match &self {
-            ApiError::MethodNotAllowed { allow, .. } => {
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(allow));
-            }
-            ApiError::Store(e) if e.is_retryable() => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
+        let status = self.status();
+        let mut response = json_response(status, pretty(&ErrMsg { err_msg: &text }));
+        if let ApiError::MethodNotAllowed { allow, .. } = &self {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        // Every 503 here is a store that can come back (Redis down, embedded store reopening).
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -138,23 +159,60 @@ mod tests {
         assert_eq!(String::from_utf8(body.to_vec()).expect("utf8"), expected);
     }
 
-    #[test]
-    fn store_errors_map_by_retryability() {
-        let down = StoreError::Unavailable {
+    fn down() -> StoreError {
+        StoreError::Unavailable {
             backend: "redis",
             reason: "refused".into(),
-        };
-        let broken = StoreError::Failed {
+        }
+    }
+
+    fn broken() -> StoreError {
+        StoreError::Failed {
             backend: "redis",
             reason: "WRONGTYPE".into(),
-        };
-        assert_eq!(
-            ApiError::Store(down).status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            ApiError::Store(broken).status(),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
+        }
+    }
+
+    fn full() -> StoreError {
+        StoreError::DiskFull {
+            backend: "embedded",
+            reason: "writing messages.redb: No space left on device (os error 28)".into(),
+        }
+    }
+
+    #[test]
+    fn store_errors_map_by_retryability() {
+        for error in [ApiError::Store(down()), ApiError::Lookup(down())] {
+            assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(error.to_string(), UNAVAILABLE);
+        }
+        for error in [ApiError::Store(broken()), ApiError::Lookup(broken())] {
+            assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(error.to_string(), FAILED);
+        }
+    }
+
+    #[test]
+    fn a_full_disk_is_507_for_a_store_and_503_for_a_lookup() {
+        let storing = ApiError::Store(full());
+        assert_eq!(storing.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert!(storing.to_string().contains("out of disk space"));
+        let looking = ApiError::Lookup(full());
+        assert_eq!(looking.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(looking.to_string().contains("full disk"));
+    }
+
+    #[tokio::test]
+    async fn only_503_carries_retry_after() {
+        for (error, retry_after) in [
+            (ApiError::Store(down()), Some("1")),
+            (ApiError::Lookup(full()), Some("1")),
+            (ApiError::Store(full()), None),
+            (ApiError::Store(broken()), None),
+        ] {
+            let response = error.into_response();
+            let header = response.headers().get(header::RETRY_AFTER);
+            assert_eq!(header.map(|v| v.to_str().expect("ASCII")), retry_after);
+        }
     }
 }

@@ -62,7 +62,7 @@ async fn get_message(
     let message = app.store.get(&digest).await.map_err(|error| {
         tracing::warn!(%error, store = app.store.kind(), "looking up a message failed");
         metrics::counter!("portico_messages_store_errors_total", "op" => "get").increment(1);
-        ApiError::Store(error)
+        ApiError::Lookup(error)
     })?;
     let message = message.ok_or_else(not_found)?;
     metrics::counter!("portico_messages_lookups_total", "outcome" => "found").increment(1);

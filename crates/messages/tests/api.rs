@@ -276,11 +276,13 @@ async fn embedded_store_serves_the_same_api() {
             store: Some("embedded".into()),
             ..Config::default()
         },
-        dir.path(),
+        &cap_std::fs::Dir::open_ambient_dir(dir.path(), cap_std::ambient_authority())
+            .expect("open the directory"),
     )
     .await
     .expect("open");
     assert_eq!(service.store().kind(), "embedded");
+    assert!(service.health().is_healthy());
     assert_eq!(
         send(&service, post("foo")).await.status,
         StatusCode::CREATED

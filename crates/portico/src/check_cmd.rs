@@ -68,7 +68,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<bool> {
         .build()
         .context("starting the async runtime")?;
     let mut done = Vec::new();
-    let result = runtime.block_on(check::run(&target, &mut done));
+    let result = runtime.block_on(check::run(&target, &crate::wire::probes(), &mut done));
     for line in &done {
         println!("ok: {line}");
     }

@@ -1,6 +1,9 @@
 //! The config file: parsed into raw serde structs (unknown keys are errors naming the key),
 //! overridden by `PORTICO_<SECTION>_<KEY>` environment variables (each read as its key's
-//! type, listed in [`ENV_OVERRIDES`]), then validated as a whole with every problem reported.
+//! type: the gateway's in [`GATEWAY_ENV`], each service's in its entry of the table of
+//! services, `wire`), then validated as a whole with every problem reported. Each built-in
+//! service's section (`[messages]`, `[fib]`, ...) is taken out of the file by that table and
+//! parsed into its own type; the rest is the gateway's.
 
 use std::path::{Path, PathBuf};
 
@@ -35,12 +38,9 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default = "default_listeners", rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
-    #[serde(default)]
-    pub messages: messages::Config,
-    #[serde(default)]
-    pub region: region::Config,
-    #[serde(default)]
-    pub fib: fib::Config,
+    /// The built-in services' sections (see `wire`).
+    #[serde(skip)]
+    pub services: crate::wire::Sections,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -82,7 +82,7 @@ pub struct EnvOverride {
     pub kind: EnvKind,
 }
 
-const fn env_override(
+pub const fn env_override(
     var: &'static str,
     section: &'static str,
     key: &'static str,
@@ -96,16 +96,21 @@ const fn env_override(
     }
 }
 
-/// Environment variables that override the file: the one list of them.
-pub const ENV_OVERRIDES: &[EnvOverride] = &[
+/// Environment variables that override the gateway's keys; each service's are in its entry
+/// of the table of services (`wire`).
+pub const GATEWAY_ENV: &[EnvOverride] = &[
     env_override("PORTICO_DATA_DIR", "", "data_dir", EnvKind::Text),
     env_override("PORTICO_USER", "", "user", EnvKind::Text),
     env_override("PORTICO_LOG_DIR", "log", "dir", EnvKind::Text),
     env_override("PORTICO_LOG_LEVEL", "log", "level", EnvKind::Text),
-    env_override("PORTICO_MESSAGES_STORE", "messages", "store", EnvKind::Text),
-    env_override("PORTICO_REGION_DATA", "region", "data", EnvKind::Text),
-    env_override("PORTICO_FIB_LIMIT", "fib", "limit", EnvKind::Integer),
 ];
+
+/// Every environment variable that overrides the file: the gateway's, then each service's.
+pub fn env_overrides() -> Vec<EnvOverride> {
+    let mut all = GATEWAY_ENV.to_vec();
+    all.extend(crate::wire::service_env());
+    all
+}
 
 impl Config {
     /// Reads `path` (or the defaults when `None`), applies the environment and validates.
@@ -138,12 +143,15 @@ impl Config {
     ) -> anyhow::Result<Config> {
         let mut table: toml::Table = toml::from_str(text)?;
         let env: Vec<(String, String)> = env.collect();
-        for entry in ENV_OVERRIDES {
+        for entry in env_overrides() {
             if let Some((_, value)) = env.iter().find(|(name, _)| name == entry.var) {
                 entry.apply(&mut table, value)?;
             }
         }
-        Ok(Config::deserialize(table)?)
+        let services = crate::wire::Sections::take_from(&mut table)?;
+        let mut config = Config::deserialize(table)?;
+        config.services = services;
+        Ok(config)
     }
 
     /// Every problem in the config, each naming its key.
@@ -151,9 +159,7 @@ impl Config {
         let services = crate::wire::SERVICE_NAMES;
         let mut errors = self.gateway().validate(services);
         errors.extend(self.log.validate());
-        errors.extend(self.messages.validate());
-        errors.extend(self.region.validate());
-        errors.extend(self.fib.validate());
+        errors.extend(self.services.validate());
         errors
     }
 
@@ -266,7 +272,7 @@ mod tests {
         ];
         let config = Config::parse("[log]\nlevel = \"warn\"\n", env.into_iter()).unwrap();
         assert_eq!(config.log.level, "debug");
-        assert_eq!(config.fib.limit, 50);
+        assert_eq!(config.services.fib.limit, 50);
     }
 
     fn with_env(text: &str, vars: &[(&str, &str)]) -> anyhow::Result<Config> {
@@ -289,7 +295,10 @@ mod tests {
         assert_eq!(config.user.as_deref(), Some("1000"));
         assert_eq!(config.log.level, "true");
         assert_eq!(config.data_dir, PathBuf::from("1e3"));
-        assert_eq!(config.messages.store.as_deref(), Some("2024-01-01"));
+        assert_eq!(
+            config.services.messages.store.as_deref(),
+            Some("2024-01-01")
+        );
     }
 
     #[test]
@@ -308,7 +317,7 @@ mod tests {
     fn every_override_sets_a_key_of_its_declared_type() {
         // A value of the declared kind must deserialize: a table entry with the wrong kind
         // (a path marked as an integer, a count marked as text) fails here.
-        for entry in ENV_OVERRIDES {
+        for entry in env_overrides() {
             let sample = match entry.kind {
                 EnvKind::Text => "1000",
                 EnvKind::Integer => "7",

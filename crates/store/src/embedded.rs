@@ -1,22 +1,24 @@
-//! `EmbeddedStore`: one redb file, group commit.
+//! `EmbeddedStore`: one redb file, group commit, surviving its disk: a [`durable::Db`] whose
+//! ops are `put`s.
 //!
-//! Every `put` goes through a bounded channel to one writer thread. The thread takes whatever
-//! is waiting (up to [`MAX_BATCH`]), inserts it all in one write transaction, commits it with
-//! immediate durability (fsync) and only then answers every waiter. While one commit is on
-//! its way to disk the next batch queues up, so under load many requests share one fsync, and
-//! no request is acknowledged before its data is on disk.
+//! Every `put` goes to the database's one writer thread, which commits whatever is waiting in
+//! one fsync'd transaction and only then answers (see the `durable` crate). After an I/O error
+//! (a full disk, a failed fsync) the store answers at once with a retryable error that says
+//! whether the disk is full ([`StoreError::DiskFull`]) and reopens itself in the background;
+//! [`EmbeddedStore::watch_health`] follows it.
 //!
 //! Reads first look in a byte-bounded in-memory cache of messages read before (see
-//! `cache.rs`: the store is content-addressed, so cached entries are never stale); misses use
-//! redb read transactions on tokio's blocking pool, because a read that misses redb's page
-//! cache does file I/O, which must not stall the async runtime.
+//! `cache.rs`: the store is content-addressed, so cached entries are never stale, and serving
+//! one while the disk is broken is still right); misses use redb read transactions on tokio's
+//! blocking pool, because a read that misses redb's page cache does file I/O, which must not
+//! stall the async runtime.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use redb::{Database, TableDefinition};
-use tokio::sync::{mpsc, oneshot};
+use cap_std::fs::Dir;
+use durable::{Db, Health, RedbError, Schema};
+use redb::{TableDefinition, WriteTransaction};
+use tokio::sync::watch;
 
 use crate::cache::MessageCache;
 use crate::{Digest, Store, StoreError};
@@ -24,21 +26,12 @@ use crate::{Digest, Store, StoreError};
 /// Digest bytes -> message text.
 const MESSAGES: TableDefinition<&[u8; 32], &str> = TableDefinition::new("messages");
 
-/// Most puts committed in one transaction. Bounds the latency one commit adds to the
-/// requests queued behind it.
-const MAX_BATCH: usize = 1024;
-
-/// Under load (the previous commit carried more than one put), the writer waits this long for
-/// more puts before committing: each commit costs an fsync whose kernel-side CPU competes
-/// with request handling, so fuller batches leave more CPU for requests. An idle server
-/// (previous batch of one) commits at once, so a lone request pays no extra latency.
-const LINGER: std::time::Duration = std::time::Duration::from_micros(250);
-
-/// Puts waiting for the writer. When full, callers wait (backpressure) instead of queueing
-/// without bound.
-const QUEUE_CAPACITY: usize = 8192;
-
 const BACKEND: &str = "embedded";
+
+/// Name of the writer thread.
+const WRITER_THREAD: &str = "messages-writer";
+/// Histogram of puts per commit.
+const BATCH_METRIC: &str = "portico_messages_commit_batch_size";
 
 /// The redb-backed store. Clones share the database and its writer thread.
 #[derive(Debug, Clone)]
@@ -48,52 +41,97 @@ pub struct EmbeddedStore {
 
 #[derive(Debug)]
 struct Inner {
-    db: Arc<Database>,
+    db: Db<Messages>,
     cache: MessageCache,
-    path: PathBuf,
-    writes: mpsc::Sender<PendingPut>,
-    writer: JoinHandle<()>,
 }
 
-/// One `put` waiting to be committed, with the way to tell its caller the outcome.
-#[derive(Debug)]
-struct PendingPut {
+/// The store's schema: one table, and a put is an insert.
+struct Messages;
+
+/// One `put`.
+struct Put {
     digest: Digest,
     message: String,
-    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl Schema for Messages {
+    type Op = Put;
+    type Output = ();
+
+    fn create_tables(&self, txn: &WriteTransaction) -> Result<(), RedbError> {
+        txn.open_table(MESSAGES)?;
+        Ok(())
+    }
+
+    fn apply(
+        &self,
+        txn: &WriteTransaction,
+        puts: &[Put],
+        outputs: &mut Vec<()>,
+    ) -> Result<(), RedbError> {
+        let mut table = txn.open_table(MESSAGES)?;
+        for put in puts {
+            table.insert(put.digest.as_bytes(), put.message.as_str())?;
+            outputs.push(());
+        }
+        Ok(())
+    }
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if missing) the redb file at `path` and starts its writer thread.
-    /// `cache_bytes` bounds the in-memory cache of read messages (0: no cache). Fails if
-    /// another process has the file open.
-    pub async fn open(path: &Path, cache_bytes: usize) -> Result<EmbeddedStore, StoreError> {
-        let owned = path.to_path_buf();
-        let db = tokio::task::spawn_blocking(move || open_database(&owned))
+    /// The database options the store uses: its writer thread's name, its batch-size metric,
+    /// and `durable`'s defaults. Tests change them (e.g. to inject faults) and call
+    /// [`EmbeddedStore::open_with`].
+    pub fn default_options() -> durable::Options {
+        durable::Options::new(WRITER_THREAD, BATCH_METRIC)
+    }
+
+    /// Opens (creating if missing) the redb file `file` inside `dir` and starts its writer
+    /// thread. Every later reopen goes through `dir` too, never a path. `cache_bytes` bounds
+    /// the in-memory cache of read messages (0: no cache). Fails if another process has the
+    /// file open.
+    pub async fn open(
+        dir: Dir,
+        file: &str,
+        cache_bytes: usize,
+    ) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with(dir, file, cache_bytes, Self::default_options()).await
+    }
+
+    /// [`EmbeddedStore::open`] with other database options.
+    pub async fn open_with(
+        dir: Dir,
+        file: &str,
+        cache_bytes: usize,
+        options: durable::Options,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let file = file.to_owned();
+        let db = tokio::task::spawn_blocking(move || Db::open(dir, &file, Messages, options))
             .await
-            .map_err(|e| StoreError::failed(BACKEND, format!("opening task failed: {e}")))??;
-        let db = Arc::new(db);
-        let (writes, queue) = mpsc::channel(QUEUE_CAPACITY);
-        let writer_db = Arc::clone(&db);
-        let writer = std::thread::Builder::new()
-            .name("messages-writer".into())
-            .spawn(move || writer_loop(&writer_db, queue))
-            .map_err(|e| StoreError::failed(BACKEND, format!("starting writer thread: {e}")))?;
+            .map_err(|e| StoreError::failed(BACKEND, format!("opening task failed: {e}")))?
+            .map_err(from_durable)?;
         let inner = Inner {
             db,
             cache: MessageCache::new(cache_bytes),
-            path: path.to_path_buf(),
-            writes,
-            writer,
         };
         Ok(EmbeddedStore {
             inner: Arc::new(inner),
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
+    /// The database file's name inside its directory.
+    pub fn file(&self) -> &str {
+        self.inner.db.file()
+    }
+
+    /// How the database is doing now.
+    pub fn health(&self) -> Health {
+        self.inner.db.health()
+    }
+
+    /// A receiver that sees every change of [`EmbeddedStore::health`].
+    pub fn watch_health(&self) -> watch::Receiver<Health> {
+        self.inner.db.watch_health()
     }
 
     /// Stops the writer after it has committed everything queued and closes the file, so it
@@ -102,15 +140,10 @@ impl EmbeddedStore {
         let inner = Arc::try_unwrap(self.inner).map_err(|_| {
             StoreError::failed(BACKEND, "cannot close: other handles to the store are open")
         })?;
-        let Inner {
-            db, writes, writer, ..
-        } = inner;
-        drop(writes);
-        drop(db);
-        tokio::task::spawn_blocking(move || writer.join())
+        tokio::task::spawn_blocking(move || inner.db.close())
             .await
             .map_err(|e| StoreError::failed(BACKEND, format!("closing task failed: {e}")))?
-            .map_err(|_| StoreError::failed(BACKEND, "writer thread panicked"))
+            .map_err(from_durable)
     }
 }
 
@@ -119,11 +152,12 @@ impl Store for EmbeddedStore {
         if let Some(message) = self.inner.cache.get(digest) {
             return Ok(Some(message.to_string()));
         }
-        let db = Arc::clone(&self.inner.db);
+        let db = self.inner.db.clone();
         let key = *digest;
-        let found = tokio::task::spawn_blocking(move || read(&db, &key))
+        let found = tokio::task::spawn_blocking(move || db.read(|txn| read(txn, &key)))
             .await
-            .map_err(|e| StoreError::failed(BACKEND, format!("read task failed: {e}")))??;
+            .map_err(|e| StoreError::failed(BACKEND, format!("read task failed: {e}")))?
+            .map_err(from_durable)?;
         if let Some(message) = &found {
             self.inner.cache.insert(digest, Arc::from(message.as_str()));
         }
@@ -131,87 +165,27 @@ impl Store for EmbeddedStore {
     }
 
     async fn put(&self, digest: &Digest, message: &str) -> Result<(), StoreError> {
-        let (done, outcome) = oneshot::channel();
-        let pending = PendingPut {
+        let put = Put {
             digest: *digest,
             message: message.to_owned(),
-            done,
         };
-        let stopped = || StoreError::failed(BACKEND, "writer thread stopped");
-        self.inner
-            .writes
-            .send(pending)
-            .await
-            .map_err(|_| stopped())?;
-        outcome.await.map_err(|_| stopped())?
+        self.inner.db.write(put).await.map_err(from_durable)
     }
 }
 
-/// Opens the file and makes sure the table exists, so readers never see it missing.
-fn open_database(path: &Path) -> Result<Database, StoreError> {
-    let named = |e: &dyn std::fmt::Display| {
-        StoreError::failed(BACKEND, format!("opening {}: {e}", path.display()))
-    };
-    let db = Database::create(path).map_err(|e| named(&e))?;
-    let txn = db.begin_write().map_err(|e| named(&e))?;
-    txn.open_table(MESSAGES).map_err(|e| named(&e))?;
-    txn.commit().map_err(|e| named(&e))?;
-    Ok(db)
-}
-
-fn read(db: &Database, key: &Digest) -> Result<Option<String>, StoreError> {
-    let failed = |e: redb::Error| StoreError::failed(BACKEND, format!("reading: {e}"));
-    let txn = db.begin_read().map_err(|e| failed(e.into()))?;
-    let table = txn.open_table(MESSAGES).map_err(|e| failed(e.into()))?;
-    let found = table.get(key.as_bytes()).map_err(|e| failed(e.into()))?;
+fn read(txn: &redb::ReadTransaction, key: &Digest) -> Result<Option<String>, RedbError> {
+    let table = txn.open_table(MESSAGES)?;
+    let found = table.get(key.as_bytes())?;
     Ok(found.map(|guard| guard.value().to_owned()))
 }
 
-/// The writer thread: batch, commit, answer; until every sender is gone.
-fn writer_loop(db: &Database, mut queue: mpsc::Receiver<PendingPut>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut previous = 0;
-    while let Some(first) = queue.blocking_recv() {
-        batch.push(first);
-        drain(&mut queue, &mut batch);
-        if previous > 1 && batch.len() < MAX_BATCH {
-            std::thread::sleep(LINGER);
-            drain(&mut queue, &mut batch);
-        }
-        previous = batch.len();
-        let outcome = commit(db, &batch);
-        if let Err(error) = &outcome {
-            tracing::error!(%error, puts = batch.len(), "messages commit failed");
-        }
-        metrics::histogram!("portico_messages_commit_batch_size").record(batch.len() as f64);
-        for pending in batch.drain(..) {
-            // A caller that went away (client disconnected) no longer needs the answer.
-            let _ = pending.done.send(outcome.clone());
-        }
+/// Disk full -> `DiskFull`, other storage trouble -> `Unavailable` (both retryable), the rest
+/// -> `Failed`.
+fn from_durable(error: durable::Error) -> StoreError {
+    match error {
+        durable::Error::DiskFull { reason } => StoreError::disk_full(BACKEND, reason),
+        durable::Error::Unavailable { reason } => StoreError::unavailable(BACKEND, reason),
+        durable::Error::Failed { reason } => StoreError::failed(BACKEND, reason),
+        stopped @ durable::Error::Stopped { .. } => StoreError::failed(BACKEND, stopped),
     }
-}
-
-/// Moves what is waiting in the queue into the batch, up to `MAX_BATCH`.
-fn drain(queue: &mut mpsc::Receiver<PendingPut>, batch: &mut Vec<PendingPut>) {
-    while batch.len() < MAX_BATCH {
-        match queue.try_recv() {
-            Ok(next) => batch.push(next),
-            Err(_) => break,
-        }
-    }
-}
-
-/// Inserts the batch in one transaction and commits it durably (redb's default `Immediate`).
-fn commit(db: &Database, batch: &[PendingPut]) -> Result<(), StoreError> {
-    let failed = |e: redb::Error| StoreError::failed(BACKEND, format!("writing: {e}"));
-    let txn = db.begin_write().map_err(|e| failed(e.into()))?;
-    {
-        let mut table = txn.open_table(MESSAGES).map_err(|e| failed(e.into()))?;
-        for pending in batch {
-            table
-                .insert(pending.digest.as_bytes(), pending.message.as_str())
-                .map_err(|e| failed(e.into()))?;
-        }
-    }
-    txn.commit().map_err(|e| failed(e.into()))
 }

@@ -1,8 +1,9 @@
 //! The `Store` seam: a durable map from a SHA-256 digest to the message it was computed from.
 //!
 //! Two real implementations, chosen only by the binary's wiring:
-//! - [`EmbeddedStore`]: a single redb file; writes are group-committed by one writer thread,
-//!   so a successful `put` is on disk (fsync'd) yet concurrent writers share one commit.
+//! - [`EmbeddedStore`]: a single redb file (a `durable::Db`); writes are group-committed by one
+//!   writer thread, so a successful `put` is on disk (fsync'd) yet concurrent writers share one
+//!   commit; after an I/O error (a full disk) it fails fast and reopens itself.
 //! - [`RedisStore`]: Redis over pooled multiplexed connections with connect and command
 //!   timeouts; it reconnects by itself after Redis restarts.
 //!
@@ -20,7 +21,10 @@ mod redis_store;
 
 use std::future::Future;
 
+use tokio::sync::watch;
+
 pub use digest::{Digest, DigestParseError};
+pub use durable::Health;
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;
 pub use memory::MemoryStore;
@@ -63,6 +67,27 @@ impl AnyStore {
             AnyStore::Embedded(_) => "embedded",
             AnyStore::Redis(_) => "redis",
             AnyStore::Memory(_) => "memory",
+        }
+    }
+
+    /// How the store is doing now: the embedded store's disk health; the Redis store is
+    /// always `Healthy` (it recovers per request, and a Redis outage is not this instance's
+    /// fault: taking every instance out of a load balancer would not help); the memory store
+    /// follows `set_unavailable`.
+    pub fn health(&self) -> Health {
+        match self {
+            AnyStore::Embedded(store) => store.health(),
+            AnyStore::Redis(store) => store.health(),
+            AnyStore::Memory(store) => store.health(),
+        }
+    }
+
+    /// A receiver that sees every change of [`AnyStore::health`] (for `/readyz`).
+    pub fn watch_health(&self) -> watch::Receiver<Health> {
+        match self {
+            AnyStore::Embedded(store) => store.watch_health(),
+            AnyStore::Redis(store) => store.watch_health(),
+            AnyStore::Memory(store) => store.watch_health(),
         }
     }
 }

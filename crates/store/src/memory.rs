@@ -1,17 +1,31 @@
 //! `MemoryStore`: a map in memory for tests of code above the seam. Not durable, so not
-//! selectable from configuration. It can be told to fail, to test how callers handle errors.
+//! selectable from configuration. It can be told to fail (and then reports itself unhealthy),
+//! to test how callers handle errors.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::{Digest, Store, StoreError};
+use tokio::sync::watch;
+
+use crate::{Digest, Health, Store, StoreError};
 
 /// In-memory store; clones share the same map.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryStore {
     map: Arc<Mutex<HashMap<Digest, String>>>,
     unavailable: Arc<AtomicBool>,
+    health: Arc<watch::Sender<Health>>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            map: Arc::default(),
+            unavailable: Arc::default(),
+            health: Arc::new(watch::Sender::new(Health::Healthy)),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -20,9 +34,27 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// While `true`, every operation fails with a retryable `Unavailable` error.
+    /// While `true`, every operation fails with a retryable `Unavailable` error and the
+    /// store's health is `Unavailable`.
     pub fn set_unavailable(&self, unavailable: bool) {
         self.unavailable.store(unavailable, Ordering::SeqCst);
+        self.health.send_replace(if unavailable {
+            Health::Unavailable {
+                reason: Arc::from("switched off by the test"),
+            }
+        } else {
+            Health::Healthy
+        });
+    }
+
+    /// `Unavailable` while switched off, else `Healthy`.
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// A receiver that sees every change of [`MemoryStore::health`].
+    pub fn watch_health(&self) -> watch::Receiver<Health> {
+        self.health.subscribe()
     }
 
     fn check_available(&self) -> Result<(), StoreError> {

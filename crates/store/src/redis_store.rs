@@ -20,7 +20,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError};
 
-use crate::{Digest, Store, StoreError};
+use tokio::sync::watch;
+
+use crate::{Digest, Health, Store, StoreError};
 
 const BACKEND: &str = "redis";
 
@@ -52,6 +54,8 @@ struct Inner {
     timeout: Duration,
     slots: Vec<Slot>,
     next: AtomicUsize,
+    /// Always `Healthy` (see `AnyStore::health`); kept so receivers never see it closed.
+    health: watch::Sender<Health>,
 }
 
 /// One connection: the live one if any, and a lock so only one task connects at a time.
@@ -86,6 +90,7 @@ impl RedisStore {
             timeout: options.timeout,
             slots,
             next: AtomicUsize::new(0),
+            health: watch::Sender::new(Health::Healthy),
         };
         Ok(RedisStore {
             inner: Arc::new(inner),
@@ -95,6 +100,16 @@ impl RedisStore {
     /// Sends `PING`: succeeds when Redis answers within the timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.run(redis::cmd("PING")).await
+    }
+
+    /// Always `Healthy`: the store recovers per request (see `AnyStore::health`).
+    pub fn health(&self) -> Health {
+        Health::Healthy
+    }
+
+    /// A receiver of [`RedisStore::health`], which never changes.
+    pub fn watch_health(&self) -> watch::Receiver<Health> {
+        self.inner.health.subscribe()
     }
 
     /// Runs one command on the next connection, within the timeout. On a connection-level

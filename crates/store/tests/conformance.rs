@@ -5,7 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use store::{AnyStore, Digest, EmbeddedStore, MemoryStore, RedisOptions, RedisStore, Store};
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use store::{
+    AnyStore, Digest, EmbeddedStore, Health, MemoryStore, RedisOptions, RedisStore, Store,
+};
 use testkit::{server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
 
 fn digest_of(n: u64) -> Digest {
@@ -81,13 +85,23 @@ async fn concurrent_puts_are_all_found(store: &AnyStore) {
 
 /// Read cache of the embedded store in these tests.
 const CACHE: usize = 1 << 20;
+const FILE: &str = "messages.redb";
+
+fn dir_handle(path: &std::path::Path) -> Dir {
+    Dir::open_ambient_dir(path, ambient_authority()).expect("open the directory")
+}
+
+async fn open_embedded(
+    path: &std::path::Path,
+    cache: usize,
+) -> Result<EmbeddedStore, store::StoreError> {
+    EmbeddedStore::open(dir_handle(path), FILE, cache).await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_conforms() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(&dir.path().join("messages.redb"), CACHE)
-        .await
-        .expect("open");
+    let store = open_embedded(dir.path(), CACHE).await.expect("open");
     conformance(&AnyStore::Embedded(store.clone())).await;
     // Again, now that reads are cached.
     conformance(&AnyStore::Embedded(store)).await;
@@ -96,20 +110,17 @@ async fn embedded_store_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_without_cache_conforms() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(&dir.path().join("messages.redb"), 0)
-        .await
-        .expect("open");
+    let store = open_embedded(dir.path(), 0).await.expect("open");
     conformance(&AnyStore::Embedded(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_keeps_messages_across_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("messages.redb");
-    let store = EmbeddedStore::open(&path, CACHE).await.expect("open");
+    let store = open_embedded(dir.path(), CACHE).await.expect("open");
     store.put(&digest_of(7), "kept").await.expect("put");
     store.close().await.expect("close");
-    let reopened = EmbeddedStore::open(&path, CACHE).await.expect("reopen");
+    let reopened = open_embedded(dir.path(), CACHE).await.expect("reopen");
     let found = reopened.get(&digest_of(7)).await.expect("get");
     assert_eq!(found.as_deref(), Some("kept"));
 }
@@ -117,9 +128,8 @@ async fn embedded_store_keeps_messages_across_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_refuses_a_file_open_elsewhere() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("messages.redb");
-    let _first = EmbeddedStore::open(&path, CACHE).await.expect("open");
-    let second = EmbeddedStore::open(&path, CACHE).await;
+    let _first = open_embedded(dir.path(), CACHE).await.expect("open");
+    let second = open_embedded(dir.path(), CACHE).await;
     let error = second.expect_err("second open of the same file");
     assert!(!error.is_retryable());
     assert!(error.to_string().contains("messages.redb"), "{error}");
@@ -130,12 +140,84 @@ async fn memory_store_conforms() {
     conformance(&AnyStore::Memory(MemoryStore::new())).await;
 }
 
+/// Options that route the embedded store's file through a fault switch, and reopen fast.
+fn unreliable(faults: &durable::Faults) -> durable::Options {
+    durable::Options {
+        faults: Some(faults.clone()),
+        reopen_backoff_min: Duration::from_millis(10),
+        reopen_backoff_max: Duration::from_millis(200),
+        ..EmbeddedStore::default_options()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_behind_a_healthy_fault_switch_conforms() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let faults = durable::Faults::new();
+    let store = EmbeddedStore::open_with(dir_handle(dir.path()), FILE, CACHE, unreliable(&faults))
+        .await
+        .expect("open");
+    conformance(&AnyStore::Embedded(store)).await;
+    assert_eq!(faults.injected(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_answers_disk_full_then_heals_and_keeps_every_put() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let faults = durable::Faults::new();
+    // No read cache: the gets after healing must come from the reopened file.
+    let store = EmbeddedStore::open_with(dir_handle(dir.path()), FILE, 0, unreliable(&faults))
+        .await
+        .expect("open");
+    let store = AnyStore::Embedded(store);
+    for n in 0..50 {
+        store
+            .put(&digest_of(n), &format!("kept {n}"))
+            .await
+            .expect("put");
+    }
+    let mut health = store.watch_health();
+
+    faults.fail_all_writes(durable::Fault::NoSpace);
+    let error = store
+        .put(&digest_of(50), "lost")
+        .await
+        .expect_err("disk full");
+    assert!(error.is_disk_full() && error.is_retryable(), "{error}");
+    assert!(error.to_string().contains("no disk space"), "{error}");
+    assert!(matches!(store.health(), Health::DiskFull { .. }));
+    let error = store.get(&digest_of(1)).await.expect_err("broken");
+    assert!(error.is_retryable(), "{error}");
+
+    faults.heal();
+    tokio::time::timeout(Duration::from_secs(20), health.wait_for(Health::is_healthy))
+        .await
+        .expect("healthy again")
+        .expect("health channel open");
+    for n in 0..50 {
+        let found = store.get(&digest_of(n)).await.expect("get");
+        assert_eq!(found, Some(format!("kept {n}")));
+    }
+    store
+        .put(&digest_of(51), "new")
+        .await
+        .expect("put after healing");
+    assert_eq!(
+        store.get(&digest_of(51)).await.expect("get").as_deref(),
+        Some("new")
+    );
+}
+
 #[tokio::test]
 async fn memory_store_can_be_switched_off() {
     let store = MemoryStore::new();
+    let health = AnyStore::Memory(store.clone()).watch_health();
     store.set_unavailable(true);
     let error = store.get(&digest_of(1)).await.expect_err("switched off");
     assert!(error.is_retryable());
+    assert!(matches!(*health.borrow(), Health::Unavailable { .. }));
+    store.set_unavailable(false);
+    assert!(health.borrow().is_healthy());
 }
 
 fn redis_options(url: String, key_prefix: String) -> RedisOptions {

@@ -17,12 +17,17 @@
 //! every service) and a fresh temporary `data_dir`; `listeners_toml` replaces the listener
 //! block, `toml` appends sections, `top_level` adds top-level keys. When the tests run as root
 //! the config says `allow_root = true` (privilege drop has its own test).
+//!
+//! Beside it: the test Redis and a private `redis-server` (`redis.rs`), and [`Tmpfs`], a
+//! small real filesystem to fill up and grow again (`tmpfs.rs`, needs root).
 
 mod python;
 mod redis;
+mod tmpfs;
 
 pub use python::{python3, Venv};
 pub use redis::{have_root, server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
+pub use tmpfs::Tmpfs;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;

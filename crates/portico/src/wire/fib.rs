@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
+use service::Service;
+
+use super::{BuiltIn, Context};
+use crate::config::{env_override, EnvKind, EnvOverride};
 
 /// Flags of `portico fib-backend`.
 #[derive(Debug, clap::Args)]
@@ -28,10 +32,28 @@ pub struct BackendArgs {
     pub idle_timeout: u64,
 }
 
-/// Builds the fib service.
-pub async fn mount(config: &fib::Config) -> anyhow::Result<service::Service> {
-    let fib = fib::FibService::open(config)?;
-    Ok(service::Service::new("fib", fib.router()))
+/// `[fib]`: the first N Fibonacci numbers (`/fib/<n>`).
+pub struct Fib;
+
+impl BuiltIn for Fib {
+    const NAME: &'static str = "fib";
+    const ENV: &'static [EnvOverride] = &[env_override(
+        "PORTICO_FIB_LIMIT",
+        "fib",
+        "limit",
+        EnvKind::Integer,
+    )];
+    const PROBE: Option<check::Probe> = Some(check::fib_probe);
+    type Config = fib::Config;
+
+    fn validate(config: &fib::Config) -> Vec<String> {
+        config.validate()
+    }
+
+    async fn open(config: &fib::Config, context: Context<'_>) -> anyhow::Result<Service> {
+        let fib = fib::FibService::open(config)?;
+        Ok(Service::new(Self::NAME, fib.router()).with_background(context.background))
+    }
 }
 
 /// `portico fib-backend`: exit 2 on bad flags, 1 when it cannot listen, 0 after a signal.

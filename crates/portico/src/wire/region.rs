@@ -5,11 +5,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use gateway::{ListenerConfig, TlsConfig};
 use region::legacy::{self, LegacyOptions};
 use region::RegionService;
 use service::{Background, Service};
+
+use super::{BuiltIn, Context};
+use crate::config::{env_override, EnvKind, EnvOverride};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Flags of the original region server (`-f -l -r -h`) plus Portico's listener options.
@@ -60,11 +63,33 @@ pub struct LegacyArgs {
     pub log_level: String,
 }
 
+/// `[region]`: the cloud region server (`/regionInfo`).
+pub struct Region;
+
+impl BuiltIn for Region {
+    const NAME: &'static str = "region";
+    const ENV: &'static [EnvOverride] = &[env_override(
+        "PORTICO_REGION_DATA",
+        "region",
+        "data",
+        EnvKind::Text,
+    )];
+    const PROBE: Option<check::Probe> = Some(check::region_probe);
+    type Config = region::Config;
+
+    fn validate(config: &region::Config) -> Vec<String> {
+        config.validate()
+    }
+
+    async fn open(config: &region::Config, context: Context<'_>) -> anyhow::Result<Service> {
+        open_region(config, context.background)
+    }
+}
+
 /// Opens the region service with its reload triggers (SIGHUP, changes of the data file) as
 /// background tasks.
-pub async fn mount(config: &region::Config) -> anyhow::Result<Service> {
+fn open_region(config: &region::Config, background: Background) -> anyhow::Result<Service> {
     let region = RegionService::open(config)?;
-    let background = Background::new("region");
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let on_signal = region.clone();
     background.spawn("reload on SIGHUP", async move {
@@ -133,7 +158,7 @@ fn legacy_config(args: &LegacyArgs, data: PathBuf) -> anyhow::Result<crate::conf
     let mut listener = ListenerConfig::new(&args.listen, tls);
     listener.services = vec!["region".to_string()];
     config.listeners = vec![listener];
-    config.region = region::Config {
+    config.services.region = region::Config {
         data: Some(data),
         trusted_proxies: args.trusted_proxies.clone(),
         ipv6_only_server_ip_none: args.ipv6_only_server_ip_none,
