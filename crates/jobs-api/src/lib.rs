@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod migrate;
 pub mod negotiate;
 pub mod pyjson;
+pub mod status;
 pub mod submission;
 pub mod vesta;
 pub mod xml;

@@ -140,6 +140,40 @@ impl ApiError {
     }
 }
 
+/// How long a client should wait before retrying when the job store is unavailable.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl From<jobs::Error> for ApiError {
+    /// The core's errors as the API answers them (the one mapping).
+    fn from(error: jobs::Error) -> ApiError {
+        match error {
+            jobs::Error::UnknownService(name) => ApiError::UnknownService(name),
+            jobs::Error::UnknownJob(id) => ApiError::UnknownUuid(id.to_string()),
+            jobs::Error::UnknownLease(id) => ApiError::NotFound(format!(
+                "The lease {id} is not held: it expired, ended, or Portico restarted"
+            )),
+            jobs::Error::Unavailable {
+                reason,
+                disk_full: true,
+            } => ApiError::DiskFull(reason),
+            jobs::Error::Unavailable { reason, .. } => ApiError::Unavailable {
+                reason,
+                retry_after: RETRY_AFTER,
+            },
+            jobs::Error::Draining => ApiError::Unavailable {
+                reason: "Portico is shutting down".into(),
+                retry_after: RETRY_AFTER,
+            },
+            // The original answered an unreachable broker with 400 and vesta 205.
+            jobs::Error::BrokerUnreachable(reason) => ApiError::BrokerUnreachable(reason),
+            jobs::Error::Invalid(reason) | jobs::Error::Unsupported(reason) => {
+                ApiError::BadRequest(reason)
+            }
+            jobs::Error::Failed(reason) => ApiError::Internal(reason),
+        }
+    }
+}
+
 /// A response with `text` as the body and the format's content type.
 pub fn text_response(status: StatusCode, format: Format, text: String) -> Response {
     let mut response = Response::new(Body::from(text));
@@ -289,6 +323,29 @@ mod tests {
                 "202 : The request has been made for a service that is not supported : &lt;x&gt;"
             ),
             "{html}"
+        );
+    }
+
+    #[test]
+    fn core_errors_map_to_their_statuses_and_codes() {
+        let full = jobs::Error::Unavailable {
+            reason: "disk full".into(),
+            disk_full: true,
+        };
+        assert_eq!(ApiError::from(full).status(), 507);
+        let down = jobs::Error::Unavailable {
+            reason: "reopening".into(),
+            disk_full: false,
+        };
+        assert_eq!(ApiError::from(down).status(), 503);
+        assert_eq!(ApiError::from(jobs::Error::Draining).status(), 503);
+        let broker = ApiError::from(jobs::Error::BrokerUnreachable("refused".into()));
+        assert_eq!((broker.status().as_u16(), broker.vesta_code()), (400, 205));
+        let unknown = ApiError::from(jobs::Error::UnknownService("x".into()));
+        assert_eq!(unknown.vesta_code(), 202);
+        assert_eq!(
+            ApiError::from(jobs::Error::Failed("bug".into())).status(),
+            500
         );
     }
 
