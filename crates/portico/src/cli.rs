@@ -34,5 +34,5 @@ pub enum Command {
     FibBackend(crate::wire::fib::BackendArgs),
     /// Convert an original system's config to Portico's TOML.
     #[command(subcommand)]
-    Migrate(crate::wire::jobs::MigrateCommand),
+    Migrate(crate::wire::migrate::MigrateCommand),
 }

@@ -7,8 +7,8 @@
 //! list.
 
 pub mod fib;
-pub mod jobs;
 pub mod messages;
+pub mod migrate;
 pub mod region;
 
 use std::future::Future;
