@@ -65,6 +65,19 @@ impl Error {
     }
 }
 
+impl From<durable::Error> for Error {
+    fn from(error: durable::Error) -> Error {
+        if error.is_retryable() {
+            Error::Unavailable {
+                disk_full: error.is_disk_full(),
+                reason: error.to_string(),
+            }
+        } else {
+            Error::Failed(error.to_string())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

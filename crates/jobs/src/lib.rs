@@ -7,12 +7,19 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broker;
+pub mod capacity;
 pub mod config;
 mod error;
+mod facade;
+mod hub;
 pub mod model;
+pub mod records;
+pub mod runner;
 
 pub use config::JobsConfig;
 pub use error::Error;
+pub use facade::{Jobs, OpenOptions};
 pub use model::{
     Change, Failure, Invocations, Job, JobId, Lease, LeaseId, LeaseStatus, ListFilter, Outcome,
     State,

@@ -386,6 +386,10 @@ impl Job {
     }
 
     fn requeue(&mut self, reason: &str, max_attempts: u32, log: &str, now: OffsetDateTime) -> bool {
+        if !self.state.is_running() {
+            // Not running (never started, or requeued already): nothing was lost.
+            return false;
+        }
         if !log.is_empty() {
             self.log = log.to_string();
         }
