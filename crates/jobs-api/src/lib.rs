@@ -12,13 +12,13 @@
 
 #![forbid(unsafe_code)]
 
-// The routes (`api`, `legacy`, `modern`) are declared once the core's facade `jobs::Jobs`
-// is merged; until then they are type-checked against its work in progress.
-
+pub mod api;
 pub mod canarie;
 pub mod html;
 pub mod jwt;
+mod legacy;
 pub mod migrate;
+mod modern;
 pub mod negotiate;
 pub mod pyjson;
 pub mod status;

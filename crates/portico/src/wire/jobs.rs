@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ::jobs::config::{RawJobsConfig, RawService};
-use anyhow::Context as _;
 use service::Service;
 
 use super::{BuiltIn, Context};
@@ -120,4 +119,3 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
     println!("{token}");
     Ok(())
 }
-

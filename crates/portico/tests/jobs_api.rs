@@ -594,3 +594,38 @@ async fn the_modern_api_submits_streams_events_and_lists() {
         "{capacity}"
     );
 }
+
+#[tokio::test]
+async fn with_no_service_configured_echo_runs_and_portico_token_is_accepted() {
+    let server = Portico::start(env!("CARGO_BIN_EXE_portico"), "")
+        .await
+        .expect("portico starts");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["token", "--ttl", "5m", "--config"])
+        .arg(server.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let key = std::fs::read_to_string(server.data_dir().join("jwt.key")).unwrap();
+    assert!(
+        !key.trim().is_empty(),
+        "the generated key is kept in the data directory"
+    );
+    let uuid = annotate(&server, &token, "echo").await;
+    let body = wait_for(&server, "echo", &uuid, "SUCCESS").await;
+    assert_eq!(
+        json(&body)["result"]["service"]["misc"]["doc_url"],
+        "http://h/a.wav"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["token", "--ttl", "0s", "--config"])
+        .arg(server.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "a zero ttl is refused");
+}
