@@ -22,7 +22,7 @@ use service::{Label, RouteLabel};
 use crate::canarie::{PageAnswer, ServiceDescription, PAGES};
 use crate::jwt::Verifier;
 use crate::submission::StorageUrls;
-use crate::{legacy, modern};
+use crate::{legacy, modern, pull};
 
 /// Service names the job service may not take: its own top-level paths.
 pub const RESERVED_NAMES: &[&str] = &["jobs", "info", "stats", "service"];
@@ -153,7 +153,8 @@ pub fn router(api: Arc<JobsApi>) -> Router {
         .route("/info", get(legacy::global_info))
         .route("/service/info", get(legacy::global_info))
         .route("/stats", get(legacy::global_stats))
-        .merge(modern::router());
+        .merge(modern::router())
+        .merge(pull::router());
     // Any other first segment: the original's "unknown service" (400, vesta 202) rather than
     // the gateway's 404, for the routes its clients call.
     for task in ["annotate", "process"] {

@@ -20,10 +20,12 @@ mod legacy;
 pub mod migrate;
 mod modern;
 pub mod negotiate;
+pub mod pull;
 pub mod pyjson;
 pub mod status;
 pub mod submission;
 pub mod vesta;
+pub mod worker;
 pub mod xml;
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod messages;
 pub mod migrate;
 pub mod region;
+pub mod worker;
 
 use std::future::Future;
 
