@@ -629,3 +629,40 @@ async fn with_no_service_configured_echo_runs_and_portico_token_is_accepted() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1), "a zero ttl is refused");
 }
+
+#[tokio::test]
+async fn a_bad_jobs_config_is_refused_naming_every_key() {
+    let config = r#"
+[jobs.security]
+jwt_key = "%%% not base64"
+jwt_algorithm = "RS256"
+[[jobs.service]]
+name = "jobs"
+command = ["true"]
+[[jobs.service]]
+name = "pages"
+command = ["true"]
+[jobs.service.canarie]
+doc = "missing-file.html"
+"#;
+    let Err(error) = Portico::start(env!("CARGO_BIN_EXE_portico"), config).await else {
+        panic!("portico started with a bad [jobs] config");
+    };
+    let text = format!("{error:#}");
+    for key in [
+        "jobs.security.jwt_key",
+        "jobs.security.jwt_algorithm",
+        "jobs.service[0].name",
+    ] {
+        assert!(text.contains(key), "{key} not named in:\n{text}");
+    }
+    let config = "[[jobs.service]]\nname = \"pages\"\ncommand = [\"true\"]\n[jobs.service.canarie]\ndoc = \"missing-file.html\"\n";
+    let Err(error) = Portico::start(env!("CARGO_BIN_EXE_portico"), config).await else {
+        panic!("portico started with a page that is neither a URL, a file nor body,status");
+    };
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("canarie.doc") && text.contains("missing-file.html"),
+        "{text}"
+    );
+}
