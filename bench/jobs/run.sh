@@ -6,7 +6,8 @@
 #      fsync'd; Celery with publisher confirms and persistent messages), 10 s;
 #   2. no-op jobs completed per second end to end (N jobs submitted, time until the last
 #      result is stored): Portico with `persistent` and with `per_job` command workers,
-#      Celery with its prefork worker;
+#      Celery with its prefork worker, publishing with confirms and (Celery's default)
+#      without;
 #   3. submit-to-result latency p50/p99 of single jobs in sequence.
 # Celery comes from PyPI into a venv this script makes (kept in $VENV). Everything else runs
 # on 127.0.0.1 on free ports in a temp dir and is stopped at the end. One command:
@@ -126,11 +127,12 @@ stop_portico
 
 queue="bench_$$"
 cat >"$work/bench_tasks.py" <<PY
+import os
 from celery import Celery
 app = Celery("bench", broker="amqp://guest:guest@127.0.0.1:5672//",
              backend="redis://127.0.0.1:6379/0")
 app.conf.update(task_default_queue="$queue", result_expires=600,
-                broker_transport_options={"confirm_publish": True},
+                broker_transport_options={"confirm_publish": os.environ.get("CONFIRM", "1") == "1"},
                 worker_prefetch_multiplier=4, task_acks_late=False)
 @app.task
 def noop(message):
@@ -212,27 +214,37 @@ for mode in persistent per_job; do
   stop_portico
 done
 
-(cd "$work" && "$venv/bin/celery" -A bench_tasks worker -Q "$queue" -c "$concurrency" -P prefork \
+# exec: the pid cleanup kills is the worker's own (its prefork children follow it).
+(cd "$work" && exec "$venv/bin/celery" -A bench_tasks worker -Q "$queue" -c "$concurrency" -P prefork \
   --without-gossip --without-mingle --without-heartbeat -l warning >"$work/celery.log" 2>&1) &
 pids+=($!)
 sleep 3
-"$py" - "$work" "$jobs" "$latency_jobs" <<'PY' | while read -r key value; do record "$key" "$value"; done
+# With publisher confirms (durable, as Portico's 200) and without (Celery's default).
+for confirm in 1 0; do
+CONFIRM=$confirm "$py" - "$work" "$jobs" "$latency_jobs" "$confirm" <<'PY' | while read -r key value; do record "$key" "$value"; done
 import statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 from bench_tasks import noop, app
 jobs, latency_jobs = int(sys.argv[2]), int(sys.argv[3])
+label = "celery" if sys.argv[4] == "1" else "celery_noconfirm"
 start = time.monotonic()
 results = [noop.apply_async(({"service": {}},)) for _ in range(jobs)]
 for r in results:
     r.get(timeout=600)
 elapsed = time.monotonic() - start
-print("celery_jobs_per_s", round(jobs / elapsed, 1))
+print(label + "_jobs_per_s", round(jobs / elapsed, 1))
 lat = []
 for _ in range(latency_jobs):
     t0 = time.monotonic(); noop.apply_async(({"service": {}},)).get(timeout=60); lat.append(time.monotonic() - t0)
 lat.sort()
-print("celery_latency_p50_ms", round(statistics.median(lat) * 1000, 2))
-print("celery_latency_p99_ms", round(lat[int(len(lat) * 0.99) - 1] * 1000, 2))
+print(label + "_latency_p50_ms", round(statistics.median(lat) * 1000, 2))
+print(label + "_latency_p99_ms", round(lat[int(len(lat) * 0.99) - 1] * 1000, 2))
+PY
+done
+"$py" - "$work" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1])
+from bench_tasks import app
 with app.connection_for_write() as conn:
     conn.default_channel.queue_delete(app.conf.task_default_queue)
 PY
@@ -245,5 +257,6 @@ print("ratios:")
 print("  submissions/s portico/celery: %.1fx" % (f("portico_submit_per_s") / f("celery_submit_per_s")))
 print("  jobs/s persistent/celery:     %.1fx" % (f("portico_persistent_jobs_per_s") / f("celery_jobs_per_s")))
 print("  jobs/s per_job/celery:        %.1fx" % (f("portico_per_job_jobs_per_s") / f("celery_jobs_per_s")))
+print("  jobs/s persistent/celery without confirms: %.1fx" % (f("portico_persistent_jobs_per_s") / f("celery_noconfirm_jobs_per_s")))
 PY
 echo "load after the run: $(uptime)"
