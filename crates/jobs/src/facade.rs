@@ -444,10 +444,7 @@ fn start_runners(
     let mut runners = HashMap::new();
     for service in &config.services {
         let source = broker.source(&service.name)?;
-        let initial = service
-            .workers
-            .min()
-            .max(usize::from(matches!(service.workers, Workers::Fixed(_))));
+        let initial = service.workers.min();
         let broker_for_slots = broker.clone();
         let name = service.name.clone();
         let runner = Runner::start(

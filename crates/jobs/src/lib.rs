@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod capacity;
 pub mod config;
+pub mod conformance;
 mod error;
 mod facade;
 mod hub;
