@@ -269,8 +269,12 @@ impl Jobs {
                 self.inner.config.target_wait,
             );
         };
-        let (local_busy, remote_busy) = broker.busy(name);
-        let slots = self.inner.runners.get(name).map_or(0, Runner::slots);
+        let (flights_local, remote_busy) = broker.busy(name);
+        let runner = self.inner.runners.get(name);
+        let slots = runner.map_or(0, Runner::slots);
+        // A slot takes its next job while the last one's result is still being stored,
+        // so count busy slots, not runs in flight.
+        let local_busy = runner.map_or(flights_local, Runner::busy);
         let remote = broker.remote_workers(name);
         let counts = Counts {
             depth: broker.depth(name),
