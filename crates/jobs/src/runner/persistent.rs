@@ -88,6 +88,7 @@ impl Persistent {
             Exchange::Died => {
                 let mut process = self.process.take().expect("running");
                 let status = process.child.wait().await.ok();
+                process.group.kill_rest();
                 self.back_off();
                 let lines = log.last_lines();
                 let mut reason = format!("the persistent process ended ({})", describe(status));

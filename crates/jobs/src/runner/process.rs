@@ -54,29 +54,46 @@ pub(crate) fn spawn(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .ok_or_else(|| std::io::Error::other("the command exited before it could be watched"))?;
-    Ok((
-        child,
-        Group {
-            pgid: Pid::from_raw(pid),
-        },
-    ))
+    let group = Group {
+        pgid: Pid::from_raw(pid),
+        armed: true,
+    };
+    Ok((child, group))
 }
 
-/// A command's process group; SIGKILLed when dropped.
+/// A command's process group; SIGKILLed when dropped, unless [`Group::kill_rest`] ran.
+///
+/// The group's id is its leader's pid. Once the leader is reaped and the last member is
+/// gone, that id can be reused by another process group, so the group is signalled only
+/// while the leader is unreaped, or right after (`kill_rest`), never at some later drop.
 #[derive(Debug)]
 pub(crate) struct Group {
     pgid: Pid,
+    armed: bool,
 }
 
 impl Group {
     pub(crate) fn signal(&self, signal: Signal) {
-        // ESRCH: the group is gone already.
-        let _ = killpg(self.pgid, signal);
+        if self.armed {
+            // ESRCH: the group is gone already.
+            let _ = killpg(self.pgid, signal);
+        }
+    }
+
+    /// Call right after reaping the leader: SIGKILLs whatever is left in the group (a
+    /// background child the command left behind), then never signals again.
+    pub(crate) fn kill_rest(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.armed = false;
     }
 
     /// SIGTERM to the group; SIGKILL if `child` has not exited within `grace`. Returns the
     /// child's status; the rest of the group is SIGKILLed in any case.
-    pub(crate) async fn terminate(&self, child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn terminate(
+        &mut self,
+        child: &mut Child,
+        grace: Duration,
+    ) -> Option<ExitStatus> {
         self.signal(Signal::SIGTERM);
         let status = match tokio::time::timeout(grace, child.wait()).await {
             Ok(status) => status.ok(),
@@ -85,7 +102,7 @@ impl Group {
                 child.wait().await.ok()
             }
         };
-        self.signal(Signal::SIGKILL);
+        self.kill_rest();
         status
     }
 }
