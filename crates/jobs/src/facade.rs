@@ -19,6 +19,7 @@ use crate::broker::{AnyBroker, Broker, EmbeddedBroker};
 use crate::capacity::{self, Counts, Scaler, ServiceCapacity};
 use crate::config::{load_or_create_jwt_key, BrokerConfig, JobsConfig, StateConfig, Workers};
 use crate::records::{LocalDb, Records, RedisRecords};
+use crate::runner::orphans::ChildRegistry;
 use crate::runner::{Runner, RunnerSettings};
 use crate::{Error, Invocations, Job, JobId, Lease, LeaseId, LeaseStatus, ListFilter, Outcome};
 
@@ -102,6 +103,11 @@ impl Jobs {
                 "broker {url}: the AMQP broker is not built yet; use broker = \"embedded\""
             )));
         }
+        let children = ChildRegistry::open(data_dir)?;
+        let killed = children.kill_orphans();
+        if killed > 0 {
+            tracing::warn!(killed, "killed commands the previous Portico left running");
+        }
         let db = open_db(data_dir, options.faults.clone()).await?;
         register_health(readiness, &db);
         let records = match &config.state {
@@ -120,7 +126,7 @@ impl Jobs {
         let runners = if options.no_slots {
             HashMap::new()
         } else {
-            start_runners(&config, &embedded, background)?
+            start_runners(&config, &embedded, background, children)?
         };
         let inner = Arc::new(Inner {
             config,
@@ -443,8 +449,10 @@ fn start_runners(
     config: &JobsConfig,
     broker: &EmbeddedBroker,
     background: &service::Background,
+    children: ChildRegistry,
 ) -> Result<HashMap<String, Runner>, Error> {
-    let settings = RunnerSettings::from_config(config);
+    let mut settings = RunnerSettings::from_config(config);
+    settings.children = Some(children);
     let mut runners = HashMap::new();
     for service in &config.services {
         let source = broker.source(&service.name)?;

@@ -150,3 +150,70 @@ async fn an_orderly_stop_gives_running_jobs_back_without_counting_the_attempt() 
     assert_eq!((lease.job.id, lease.job.attempts), (job.id, 1));
     running.crash().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_a_killed_portico_left_running_are_killed_at_the_next_start() {
+    use std::os::unix::process::CommandExt;
+    let temp = tempfile::tempdir().unwrap();
+    // What a SIGKILLed Portico leaves: a command in its own group, still registered.
+    let mut left = std::process::Command::new("sleep")
+        .arg("1000")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = left.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start_time = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_string();
+    let children = temp.path().join("children");
+    std::fs::create_dir_all(&children).unwrap();
+    std::fs::write(children.join(pid.to_string()), start_time).unwrap();
+    let running = open_in(temp.path(), &raw(), NO_SLOTS.clone()).await;
+    let status = tokio::task::spawn_blocking(move || left.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !status.success(),
+        "the left-over command was killed: {status:?}"
+    );
+    assert_eq!(std::fs::read_dir(&children).unwrap().count(), 0);
+    running.crash().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_commands_are_registered_and_unregistered_when_they_end() {
+    let temp = tempfile::tempdir().unwrap();
+    let raw = config(vec![sh_service("svc", "sleep 0.5; cat", "per_job", 1)]);
+    let running = open_in(temp.path(), &raw, OpenOptions::default()).await;
+    let job = running.jobs.submit("svc", json!({})).await.unwrap();
+    common::wait_for(&running.jobs, job.id, Duration::from_secs(10), |j| {
+        j.state == State::Started
+    })
+    .await;
+    let children = temp.path().join("children");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(&children).unwrap().count() != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the running command is registered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_final(&running.jobs, job.id, Duration::from_secs(10)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(&children).unwrap().count() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "unregistered after it ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.crash().await;
+}

@@ -36,7 +36,11 @@ enum End {
 }
 
 pub(crate) async fn run<S: JobSource>(ctx: &SlotContext<S>, task: &Task) -> Ended {
-    let (mut child, mut group) = match process::spawn(&ctx.service, Some(task.job.id)) {
+    let (mut child, mut group) = match process::spawn(
+        &ctx.service,
+        Some(task.job.id),
+        ctx.settings.children.as_ref(),
+    ) {
         Ok(started) => started,
         Err(error) => {
             let program = ctx.service.command.first().map_or("", String::as_str);

@@ -115,7 +115,7 @@ impl Persistent {
         if let Some(at) = self.not_before.take() {
             tokio::time::sleep_until(at).await;
         }
-        match process::spawn(&ctx.service, None) {
+        match process::spawn(&ctx.service, None, ctx.settings.children.as_ref()) {
             Ok((mut child, group)) => {
                 let (Some(stdin), Some(stdout), Some(stderr)) =
                     (child.stdin.take(), child.stdout.take(), child.stderr.take())

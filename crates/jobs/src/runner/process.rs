@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::process::{Child, Command};
 
+use super::orphans::{ChildRegistry, Registration};
 use crate::config::ServiceConfig;
 use crate::JobId;
 
@@ -27,10 +28,12 @@ pub const LOG_TAIL_BYTES: usize = 64 * 1024;
 /// Longest stderr line kept whole; the rest of a longer line is dropped.
 pub const MAX_LOG_LINE: usize = 8 * 1024;
 
-/// Starts `service`'s command with piped stdio, in its own process group, cwd `/`.
+/// Starts `service`'s command with piped stdio, in its own process group, cwd `/`; the
+/// group is recorded in `children` while it runs.
 pub(crate) fn spawn(
     service: &ServiceConfig,
     job: Option<JobId>,
+    children: Option<&ChildRegistry>,
 ) -> std::io::Result<(Child, Group)> {
     let (program, args) = service
         .command
@@ -57,6 +60,7 @@ pub(crate) fn spawn(
     let group = Group {
         pgid: Pid::from_raw(pid),
         armed: true,
+        _registration: children.and_then(|registry| registry.register(pid)),
     };
     Ok((child, group))
 }
@@ -70,6 +74,8 @@ pub(crate) fn spawn(
 pub(crate) struct Group {
     pgid: Pid,
     armed: bool,
+    /// Unregisters the group when the group is dropped (after it was killed or ended).
+    _registration: Option<Registration>,
 }
 
 impl Group {
