@@ -1,8 +1,8 @@
 //! `EmbeddedBroker`: durable per-service queues in the data directory, leases, redelivery.
 //!
 //! - **Submit**: one durable write. With embedded records the job's record and its queue
-//!   entry go into `jobs.redb` in one op of the group commit; with Redis records the record
-//!   is stored there first, then the queue entry here. Only then is the job pushed to its
+//!   entry go into `jobs.redb` in one op of the group commit; with Redis records the queue
+//!   entry is stored here first, then the record there. Only then is the job pushed to its
 //!   in-memory [`ServiceQueue`] (straight to a waiting slot or long-poller, if any) and the
 //!   submission answered.
 //! - **Take**: from memory; the run gets a lease (an id, a stop token, and for remote
@@ -212,12 +212,19 @@ impl EmbeddedBroker {
             };
             self.inner.db.write(op).await?;
         } else {
-            self.inner.records.insert(&job).await?;
+            // Queue entry first: a crash before the record is stored leaves an entry
+            // without a record, which the restart drops; the other order would leave a
+            // shared record PENDING forever.
             let op = Op::Enqueue {
                 service: job.service.clone(),
                 id: job.id,
             };
             self.inner.db.write(op).await?;
+            if let Err(error) = self.inner.records.insert(&job).await {
+                let entries = vec![(job.service.clone(), job.id)];
+                let _ = self.inner.db.write(Op::Dequeue { entries }).await;
+                return Err(error);
+            }
         }
         let now = Instant::now();
         self.inner.hub.publish(&job);
@@ -598,12 +605,21 @@ impl Inner {
 }
 
 /// Requeues the jobs of remote leases that ran out.
+/// With shared (Redis) records: how often the records of the runs under way are read, so a
+/// job cancelled through another gateway is stopped here.
+const SHARED_CANCEL_CHECK: Duration = Duration::from_secs(2);
+
 async fn reap(inner: std::sync::Weak<Inner>) {
+    let mut last_shared_check = Instant::now();
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
         };
         let period = (strong.lease / 4).max(Duration::from_millis(100));
+        if !strong.records_local && last_shared_check.elapsed() >= SHARED_CANCEL_CHECK {
+            last_shared_check = Instant::now();
+            strong.stop_runs_ended_elsewhere().await;
+        }
         let expired = strong.expired(Instant::now());
         for (id, lease, service) in expired {
             tracing::warn!(job = %id, %service, "lease ran out (the worker stopped renewing); running the job again");
@@ -621,6 +637,30 @@ async fn reap(inner: std::sync::Weak<Inner>) {
 }
 
 impl Inner {
+    /// Stops the runs whose job is final in the (shared) records: cancelled, or finished,
+    /// through another gateway.
+    async fn stop_runs_ended_elsewhere(&self) {
+        let ids: Vec<JobId> = self.flights().by_job.keys().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let records = match self.records.get_many(ids.clone()).await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::debug!(%error, "reading the records of the runs under way failed");
+                return;
+            }
+        };
+        let flights = self.flights();
+        for (id, record) in ids.iter().zip(records) {
+            if record.is_some_and(|job| job.state.is_final()) {
+                if let Some(flight) = flights.by_job.get(id) {
+                    flight.stop.cancel();
+                }
+            }
+        }
+    }
+
     /// Remote runs whose lease ran out by `now`; their leases stop being renewable at once.
     fn expired(&self, now: Instant) -> Vec<(JobId, LeaseId, String)> {
         let mut flights = self.flights();
