@@ -18,7 +18,7 @@
 pub mod orphans;
 mod per_job;
 mod persistent;
-pub mod process;
+mod process;
 pub mod protocol;
 mod source;
 

@@ -3,10 +3,10 @@
 //!
 //! - **Own process group** (`setpgid(0, 0)` at spawn): a timeout or cancel kills the command
 //!   and everything it started (`sh -c` pipelines, helpers), not just the first process.
-//!   [`Group`] kills the group with SIGKILL when dropped, so no path (a panic, a dropped
+//!   `Group` kills the group with SIGKILL when dropped, so no path (a panic, a dropped
 //!   slot on shutdown) leaves children behind while Portico runs.
 //! - **cwd `/`**: the data directory may be unreachable by path (Portico switched users).
-//! - **Bounded reads**: [`LineReader`] never holds more than its limit of one line;
+//! - **Bounded reads**: `LineReader` never holds more than its limit of one line;
 //!   [`LogTail`] keeps the last 64 KiB of log text. A command that floods stdout or stderr
 //!   costs CPU to drain, never memory.
 

@@ -3,7 +3,7 @@
 //! - **Submit**: one durable write. With embedded records the job's record and its queue
 //!   entry go into `jobs.redb` in one op of the group commit; with Redis records the queue
 //!   entry is stored here first, then the record there. Only then is the job pushed to its
-//!   in-memory [`ServiceQueue`] (straight to a waiting slot or long-poller, if any) and the
+//!   in-memory `ServiceQueue` (straight to a waiting slot or long-poller, if any) and the
 //!   submission answered.
 //! - **Take**: from memory; the run gets a lease (an id, a stop token, and for remote
 //!   workers an expiry) in the in-flight table. The start is stored through the state
