@@ -357,6 +357,11 @@ impl Job {
     }
 
     fn finish(&mut self, outcome: &Outcome, log: &str, now: OffsetDateTime) -> bool {
+        if !self.state.is_running() {
+            // The run's start was never stored (the disk refused it): it still was a run.
+            self.attempts = self.attempts.saturating_add(1);
+            self.started_at.get_or_insert(now);
+        }
         match outcome {
             Outcome::Success(value) => {
                 self.state = State::Success;

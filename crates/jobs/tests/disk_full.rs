@@ -19,7 +19,9 @@ async fn a_full_disk_refuses_submissions_retryably_loses_nothing_and_heals() {
         faults: Some(faults.clone()),
         no_slots: false,
     };
-    let raw = config(vec![sh_service("svc", "cat", "per_job", 2)]);
+    // Jobs take a while, so some finish while the disk is full: their results are kept
+    // and stored once it heals.
+    let raw = config(vec![sh_service("svc", "sleep 0.1; cat", "per_job", 2)]);
     let running = open_in(temp.path(), &raw, options).await;
     let jobs = &running.jobs;
     let mut acknowledged = Vec::new();
@@ -49,6 +51,8 @@ async fn a_full_disk_refuses_submissions_retryably_loses_nothing_and_heals() {
     );
     assert!(faults.injected() > 0);
 
+    // Runs go on while the disk is full.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     faults.heal();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let healed = loop {
