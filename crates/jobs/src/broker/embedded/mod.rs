@@ -21,8 +21,10 @@
 //!   stop token fires (the runner kills the process group; a remote worker learns it at its
 //!   next renewal).
 
+mod leases;
 mod queue;
 mod recovery;
+mod source;
 mod writer;
 
 use std::collections::HashMap;
@@ -40,10 +42,11 @@ use crate::capacity::Meter;
 use crate::config::ServiceConfig;
 use crate::hub::Hub;
 use crate::records::{Applied, LocalDb, Op, Records};
-use crate::runner::{JobSource, Task};
+use crate::runner::Task;
 use crate::{Change, Error, Job, JobId, Lease, LeaseId, LeaseStatus, Outcome};
 
 pub(crate) use queue::{Queued, ServiceQueue};
+pub use source::LocalSource;
 use writer::{Then, Write};
 
 /// A remote worker counts as active this long after it last asked for work or renewed.
@@ -170,7 +173,7 @@ impl EmbeddedBroker {
         });
         recovery::recover(&inner).await?;
         background.spawn("jobs-state-writer", writer::run(inner.clone(), receiver));
-        background.spawn("jobs-lease-reaper", reap(Arc::downgrade(&inner)));
+        background.spawn("jobs-lease-reaper", leases::reap(Arc::downgrade(&inner)));
         Ok(EmbeddedBroker { inner })
     }
 
@@ -601,122 +604,5 @@ impl Inner {
         let id = flights.by_lease.remove(&lease)?;
         let flight = flights.by_job.remove(&id)?;
         Some((flight.service, now.saturating_duration_since(flight.taken)))
-    }
-}
-
-/// Requeues the jobs of remote leases that ran out.
-/// With shared (Redis) records: how often the records of the runs under way are read, so a
-/// job cancelled through another gateway is stopped here.
-const SHARED_CANCEL_CHECK: Duration = Duration::from_secs(2);
-
-async fn reap(inner: std::sync::Weak<Inner>) {
-    let mut last_shared_check = Instant::now();
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let period = (strong.lease / 4).max(Duration::from_millis(100));
-        if !strong.records_local && last_shared_check.elapsed() >= SHARED_CANCEL_CHECK {
-            last_shared_check = Instant::now();
-            strong.stop_runs_ended_elsewhere().await;
-        }
-        let expired = strong.expired(Instant::now());
-        for (id, lease, service) in expired {
-            tracing::warn!(job = %id, %service, "lease ran out (the worker stopped renewing); running the job again");
-            let max_attempts = strong.services.get(&service).map_or(1, |s| s.max_attempts);
-            let change = Change::Requeue {
-                reason: "the worker stopped renewing its lease".into(),
-                max_attempts,
-                log: String::new(),
-            };
-            strong.write(id, change, Then::Requeue(Some(lease))).await;
-        }
-        drop(strong);
-        tokio::time::sleep(period).await;
-    }
-}
-
-impl Inner {
-    /// Stops the runs whose job is final in the (shared) records: cancelled, or finished,
-    /// through another gateway.
-    async fn stop_runs_ended_elsewhere(&self) {
-        let ids: Vec<JobId> = self.flights().by_job.keys().copied().collect();
-        if ids.is_empty() {
-            return;
-        }
-        let records = match self.records.get_many(ids.clone()).await {
-            Ok(records) => records,
-            Err(error) => {
-                tracing::debug!(%error, "reading the records of the runs under way failed");
-                return;
-            }
-        };
-        let flights = self.flights();
-        for (id, record) in ids.iter().zip(records) {
-            if record.is_some_and(|job| job.state.is_final()) {
-                if let Some(flight) = flights.by_job.get(id) {
-                    flight.stop.cancel();
-                }
-            }
-        }
-    }
-
-    /// Remote runs whose lease ran out by `now`; their leases stop being renewable at once.
-    fn expired(&self, now: Instant) -> Vec<(JobId, LeaseId, String)> {
-        let mut flights = self.flights();
-        let expired: Vec<(JobId, LeaseId, String)> = flights
-            .by_job
-            .iter()
-            .filter(|(_, f)| f.expires.is_some_and(|at| at <= now))
-            .map(|(id, f)| (*id, f.lease, f.service.clone()))
-            .collect();
-        for (id, _, _) in &expired {
-            if let Some(flight) = flights.by_job.get_mut(id) {
-                // Kept until the requeue is stored (so the job is not taken twice), but no
-                // longer renewable: a late renewal answers Lost.
-                flight.expires = None;
-                flight.lost = true;
-            }
-        }
-        expired
-    }
-}
-
-/// The embedded broker's jobs of one service, for local slots.
-#[derive(Debug, Clone)]
-pub struct LocalSource {
-    broker: EmbeddedBroker,
-    service: String,
-}
-
-impl JobSource for LocalSource {
-    async fn next(&self, worker: &str) -> Result<Option<Task>, Error> {
-        self.broker.take(&self.service, worker, false, None).await
-    }
-
-    async fn progress(&self, task: &Task, percent: u8, meta: Value) -> Result<(), Error> {
-        let change = Change::Progress {
-            percent: percent.min(100),
-            meta,
-        };
-        self.broker
-            .inner
-            .write(task.job.id, change, Then::Nothing)
-            .await;
-        Ok(())
-    }
-
-    async fn finish(&self, task: &Task, outcome: Outcome, log: String) -> Result<(), Error> {
-        let (id, change, then) = self.broker.inner.ending(&task.lease, outcome, log)?;
-        self.broker.inner.write(id, change, then).await;
-        Ok(())
-    }
-
-    async fn release(&self, task: &Task) -> Result<(), Error> {
-        self.broker
-            .inner
-            .write_and_wait(task.job.id, Change::Release, Then::Ended(task.lease))
-            .await
-            .map(drop)
     }
 }
