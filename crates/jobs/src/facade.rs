@@ -18,6 +18,7 @@ use crate::broker::embedded::Setup;
 use crate::broker::{AnyBroker, Broker, EmbeddedBroker};
 use crate::capacity::{self, Counts, Scaler, ServiceCapacity};
 use crate::config::{load_or_create_jwt_key, BrokerConfig, JobsConfig, StateConfig, Workers};
+use crate::hub::Hub;
 use crate::records::{LocalDb, Records, RedisRecords};
 use crate::runner::orphans::ChildRegistry;
 use crate::runner::{Runner, RunnerSettings};
@@ -48,6 +49,8 @@ struct Inner {
     records: Records,
     broker: AnyBroker,
     embedded: Option<EmbeddedBroker>,
+    /// Stored changes, for `changes()` followers.
+    hub: Hub,
     runners: HashMap<String, Runner>,
     /// Invocations counted since the last flush, by service.
     unflushed: Mutex<HashMap<String, u64>>,
@@ -116,12 +119,15 @@ impl Jobs {
                 Records::Redis(RedisRecords::new(url, prefix, config.state_timeout)?)
             }
         };
-        let setup = Setup::new(
+        // The hub is the facade's: whichever broker stores changes publishes them there.
+        let hub = Hub::new();
+        let mut setup = Setup::new(
             db.clone(),
             records.clone(),
             config.services.clone(),
             config.lease,
         );
+        setup.hub = hub.clone();
         let embedded = EmbeddedBroker::open(setup, background).await?;
         let runners = if options.no_slots {
             HashMap::new()
@@ -133,6 +139,7 @@ impl Jobs {
             records,
             broker: AnyBroker::Embedded(embedded.clone()),
             embedded: Some(embedded),
+            hub,
             runners,
             unflushed: Mutex::default(),
             db: Some(db),
@@ -192,11 +199,9 @@ impl Jobs {
         id: &JobId,
         after_version: u64,
     ) -> impl Stream<Item = Result<Job, Error>> + Send + 'static {
-        let hub = match &self.inner.embedded {
-            Some(broker) => broker.hub().clone(),
-            None => crate::hub::Hub::new(),
-        };
-        hub.follow(self.inner.records.clone(), *id, after_version)
+        self.inner
+            .hub
+            .follow(self.inner.records.clone(), *id, after_version)
     }
 
     /// A page of jobs, newest first.

@@ -189,10 +189,6 @@ impl EmbeddedBroker {
         &self.inner.records
     }
 
-    pub(crate) fn hub(&self) -> &Hub {
-        &self.inner.hub
-    }
-
     pub(crate) fn meter(&self) -> &Meter {
         &self.inner.meter
     }
