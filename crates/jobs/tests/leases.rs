@@ -64,6 +64,23 @@ async fn a_long_poll_is_answered_by_the_next_submission() {
         Err(Error::UnknownLease(_))
     ));
     assert_eq!(jobs.renew(&lease.id).await.unwrap(), LeaseStatus::Lost);
+    // Shutting down: long polls end at once with a retryable error (workers back off).
+    let waiting = tokio::spawn({
+        let jobs = jobs.clone();
+        async move { jobs.lease("svc", "w", Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    jobs.drain().await;
+    let ended = tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(ended, Err(Error::Draining)), "{ended:?}");
+    let error = jobs
+        .lease("svc", "w", Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(error.is_retryable(), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -309,17 +309,25 @@ impl EmbeddedBroker {
         Some(Task { job, lease, stop })
     }
 
-    /// Remote workers: the next job of `service`, waiting up to `wait` (long poll).
+    /// Remote workers: the next job of `service`, waiting up to `wait` (long poll);
+    /// `Err(Draining)` once Portico is shutting down.
     pub async fn lease(
         &self,
         service: &str,
         worker: &str,
         wait: Duration,
     ) -> Result<Option<Lease>, Error> {
-        self.service(service)?;
+        let queue = &self.service(service)?.queue;
+        if queue.is_closed() {
+            // Shutting down: a retryable error, so the worker backs off instead of polling.
+            return Err(Error::Draining);
+        }
         self.inner.saw_worker(service, worker);
         let task = self.take(service, worker, true, Some(wait)).await?;
         self.inner.saw_worker(service, worker);
+        if task.is_none() && queue.is_closed() {
+            return Err(Error::Draining);
+        }
         Ok(task.map(|task| Lease {
             id: task.lease,
             job: task.job,

@@ -125,6 +125,11 @@ impl ServiceQueue {
         state.ready.len() != before
     }
 
+    /// Whether [`ServiceQueue::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Jobs ready and not taken.
     pub(crate) fn depth(&self) -> usize {
         self.lock().ready.len()
