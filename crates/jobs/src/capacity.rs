@@ -1,8 +1,8 @@
 //! Capacity (spec section 4): what each service needs, from what its queue sees.
 //!
-//! Per service the [`Meter`] records arrivals (per-second counts over the last five
+//! Per service the `Meter` records arrivals (per-second counts over the last five
 //! minutes), wait times (ready to started) and run times (started to finished) of the last
-//! [`SAMPLES`] jobs. [`estimate`] turns that, the queue depth and the workers' counts into a
+//! [`SAMPLES`] jobs. `estimate` turns that, the queue depth and the workers' counts into a
 //! [`ServiceCapacity`]:
 //!
 //! - **workers needed**: the smallest `c` for which an M/M/c queue (Poisson arrivals at the

@@ -18,7 +18,9 @@ use crate::broker::embedded::Setup;
 use crate::broker::{AnyBroker, Broker, EmbeddedBroker};
 use crate::capacity::{self, Counts, Scaler, ServiceCapacity};
 use crate::config::{load_or_create_jwt_key, BrokerConfig, JobsConfig, StateConfig, Workers};
+use crate::hub::Hub;
 use crate::records::{LocalDb, Records, RedisRecords};
+use crate::runner::orphans::ChildRegistry;
 use crate::runner::{Runner, RunnerSettings};
 use crate::{Error, Invocations, Job, JobId, Lease, LeaseId, LeaseStatus, ListFilter, Outcome};
 
@@ -47,6 +49,8 @@ struct Inner {
     records: Records,
     broker: AnyBroker,
     embedded: Option<EmbeddedBroker>,
+    /// Stored changes, for `changes()` followers.
+    hub: Hub,
     runners: HashMap<String, Runner>,
     /// Invocations counted since the last flush, by service.
     unflushed: Mutex<HashMap<String, u64>>,
@@ -102,6 +106,11 @@ impl Jobs {
                 "broker {url}: the AMQP broker is not built yet; use broker = \"embedded\""
             )));
         }
+        let children = ChildRegistry::open(data_dir)?;
+        let killed = children.kill_orphans();
+        if killed > 0 {
+            tracing::warn!(killed, "killed commands the previous Portico left running");
+        }
         let db = open_db(data_dir, options.faults.clone()).await?;
         register_health(readiness, &db);
         let records = match &config.state {
@@ -110,23 +119,27 @@ impl Jobs {
                 Records::Redis(RedisRecords::new(url, prefix, config.state_timeout)?)
             }
         };
-        let setup = Setup::new(
+        // The hub is the facade's: whichever broker stores changes publishes them there.
+        let hub = Hub::new();
+        let mut setup = Setup::new(
             db.clone(),
             records.clone(),
             config.services.clone(),
             config.lease,
         );
+        setup.hub = hub.clone();
         let embedded = EmbeddedBroker::open(setup, background).await?;
         let runners = if options.no_slots {
             HashMap::new()
         } else {
-            start_runners(&config, &embedded, background)?
+            start_runners(&config, &embedded, background, children)?
         };
         let inner = Arc::new(Inner {
             config,
             records,
             broker: AnyBroker::Embedded(embedded.clone()),
             embedded: Some(embedded),
+            hub,
             runners,
             unflushed: Mutex::default(),
             db: Some(db),
@@ -186,11 +199,9 @@ impl Jobs {
         id: &JobId,
         after_version: u64,
     ) -> impl Stream<Item = Result<Job, Error>> + Send + 'static {
-        let hub = match &self.inner.embedded {
-            Some(broker) => broker.hub().clone(),
-            None => crate::hub::Hub::new(),
-        };
-        hub.follow(self.inner.records.clone(), *id, after_version)
+        self.inner
+            .hub
+            .follow(self.inner.records.clone(), *id, after_version)
     }
 
     /// A page of jobs, newest first.
@@ -269,8 +280,12 @@ impl Jobs {
                 self.inner.config.target_wait,
             );
         };
-        let (local_busy, remote_busy) = broker.busy(name);
-        let slots = self.inner.runners.get(name).map_or(0, Runner::slots);
+        let (flights_local, remote_busy) = broker.busy(name);
+        let runner = self.inner.runners.get(name);
+        let slots = runner.map_or(0, Runner::slots);
+        // A slot takes its next job while the last one's result is still being stored,
+        // so count busy slots, not runs in flight.
+        let local_busy = runner.map_or(flights_local, Runner::busy);
         let remote = broker.remote_workers(name);
         let counts = Counts {
             depth: broker.depth(name),
@@ -439,15 +454,14 @@ fn start_runners(
     config: &JobsConfig,
     broker: &EmbeddedBroker,
     background: &service::Background,
+    children: ChildRegistry,
 ) -> Result<HashMap<String, Runner>, Error> {
-    let settings = RunnerSettings::from_config(config);
+    let mut settings = RunnerSettings::from_config(config);
+    settings.children = Some(children);
     let mut runners = HashMap::new();
     for service in &config.services {
         let source = broker.source(&service.name)?;
-        let initial = service
-            .workers
-            .min()
-            .max(usize::from(matches!(service.workers, Workers::Fixed(_))));
+        let initial = service.workers.min();
         let broker_for_slots = broker.clone();
         let name = service.name.clone();
         let runner = Runner::start(

@@ -357,6 +357,11 @@ impl Job {
     }
 
     fn finish(&mut self, outcome: &Outcome, log: &str, now: OffsetDateTime) -> bool {
+        if !self.state.is_running() {
+            // The run's start was never stored (the disk refused it): it still was a run.
+            self.attempts = self.attempts.saturating_add(1);
+            self.started_at.get_or_insert(now);
+        }
         match outcome {
             Outcome::Success(value) => {
                 self.state = State::Success;
@@ -718,6 +723,55 @@ mod tests {
         assert!(job.apply(&Change::Release, now()));
         assert_eq!((job.state.clone(), job.attempts), (State::Pending, 0));
         assert!(!job.apply(&Change::Release, now()), "nothing to release");
+    }
+
+    fn any_change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Change::Start { worker: "w".into() }),
+            (0u8..=255).prop_map(|percent| Change::Progress {
+                percent,
+                meta: json!({"p": percent})
+            }),
+            (0u8..3).prop_map(|n| Change::Finish {
+                outcome: match n {
+                    0 => Outcome::Success(json!(n)),
+                    1 => Outcome::Failure("f".into()),
+                    _ => Outcome::Retry("r".into()),
+                },
+                log: String::new(),
+            }),
+            Just(Change::Revoke { reason: "c".into() }),
+            (1u32..4).prop_map(|max_attempts| Change::Requeue {
+                reason: "lost".into(),
+                max_attempts,
+                log: String::new(),
+            }),
+            Just(Change::Release),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever reports arrive in whatever order: versions count the changes, progress
+        /// stays within 0..=100, and once final nothing changes any more.
+        #[test]
+        fn the_state_machine_keeps_its_invariants(changes in proptest::collection::vec(any_change(), 0..40)) {
+            let mut job = job();
+            let mut final_seen: Option<Job> = None;
+            for change in &changes {
+                let before = job.version;
+                let changed = job.apply(change, now());
+                proptest::prop_assert_eq!(job.version, before + u64::from(changed));
+                proptest::prop_assert!(job.progress.is_none_or(|p| p <= 100));
+                if let Some(frozen) = &final_seen {
+                    proptest::prop_assert_eq!(&job, frozen);
+                } else if job.state.is_final() {
+                    proptest::prop_assert!(job.finished_at.is_some());
+                    final_seen = Some(job.clone());
+                }
+                proptest::prop_assert!(job.state != State::Success || job.error.is_none());
+            }
+        }
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! write back), so concurrent reports about one job are serialised by the writer thread and
 //! a final record can never be overwritten.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
 use cap_std::fs::Dir;
 use durable::{Db, Health, Options, RedbError, Schema};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
@@ -102,11 +105,7 @@ impl Schema for JobsSchema {
                     Output::Done
                 }
                 Op::Apply { changes } => {
-                    let mut applied = Vec::with_capacity(changes.len());
-                    for (id, change) in changes {
-                        applied.push(apply_one(&mut jobs, &mut queue, id, change, now)?);
-                    }
-                    Output::Applied(applied)
+                    Output::Applied(apply_changes(&mut jobs, &mut queue, changes, now)?)
                 }
                 Op::Enqueue { service, id } => {
                     queue.insert((service.as_str(), id.as_u128()), ())?;
@@ -136,29 +135,48 @@ impl Schema for JobsSchema {
 type JobsTable<'t> = redb::Table<'t, u128, &'static [u8]>;
 type QueueTable<'t> = redb::Table<'t, (&'static str, u128), ()>;
 
-fn apply_one(
+/// Applies `changes` in order. A job changed several times in one op (a short job's start
+/// and result often arrive together) is read and decoded once and written back once.
+fn apply_changes(
     jobs: &mut JobsTable<'_>,
     queue: &mut QueueTable<'_>,
-    id: &JobId,
-    change: &Change,
+    changes: &[(JobId, Change)],
     now: OffsetDateTime,
-) -> Result<Option<Applied>, RedbError> {
-    let Some(stored) = jobs.get(id.as_u128())? else {
-        return Ok(None);
-    };
-    let Some(mut job) = decode(stored.value()) else {
-        // A record this version cannot read is left as it is (and reported by reads).
-        return Ok(None);
-    };
-    drop(stored);
-    let changed = job.apply(change, now);
-    if changed {
-        jobs.insert(id.as_u128(), encode(&job).as_slice())?;
-        if job.state.is_final() {
-            queue.remove((job.service.as_str(), id.as_u128()))?;
+) -> Result<Vec<Option<Applied>>, RedbError> {
+    let mut touched: HashMap<JobId, (Job, bool)> = HashMap::new();
+    let mut applied = Vec::with_capacity(changes.len());
+    for (id, change) in changes {
+        let entry = match touched.entry(*id) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(slot) => {
+                let stored = jobs.get(id.as_u128())?.and_then(|v| decode(v.value()));
+                match stored {
+                    Some(job) => slot.insert((job, false)),
+                    // No record (or one this version cannot read, left as it is).
+                    None => {
+                        applied.push(None);
+                        continue;
+                    }
+                }
+            }
+        };
+        let (job, dirty) = entry;
+        let changed = job.apply(change, now);
+        *dirty |= changed;
+        applied.push(Some(Applied {
+            job: job.clone(),
+            changed,
+        }));
+    }
+    for (id, (job, dirty)) in touched {
+        if dirty {
+            jobs.insert(id.as_u128(), encode(&job).as_slice())?;
+            if job.state.is_final() {
+                queue.remove((job.service.as_str(), id.as_u128()))?;
+            }
         }
     }
-    Ok(Some(Applied { job, changed }))
+    Ok(applied)
 }
 
 fn encode(job: &Job) -> Vec<u8> {

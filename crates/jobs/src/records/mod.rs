@@ -62,13 +62,7 @@ impl Records {
     pub async fn get_many(&self, ids: Vec<JobId>) -> Result<Vec<Option<Job>>, Error> {
         match self {
             Records::Embedded(db) => db.get_many(ids).await,
-            Records::Redis(redis) => {
-                let mut jobs = Vec::with_capacity(ids.len());
-                for id in ids {
-                    jobs.push(redis.get(id).await?);
-                }
-                Ok(jobs)
-            }
+            Records::Redis(redis) => redis.get_ids(&ids).await,
         }
     }
 

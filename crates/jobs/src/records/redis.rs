@@ -190,6 +190,24 @@ impl RedisRecords {
         Ok(page)
     }
 
+    /// The records of `ids`, in order, in one round trip per [`LIST_BATCH`].
+    pub(crate) async fn get_ids(&self, ids: &[JobId]) -> Result<Vec<Option<Job>>, Error> {
+        let mut jobs = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LIST_BATCH) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.hget(self.job_key(*id), "j");
+            }
+            let mut connection = self.connection().await?;
+            let found: Vec<Option<Vec<u8>>> =
+                self.bounded(pipe.query_async(&mut connection)).await?;
+            for (id, bytes) in chunk.iter().zip(found) {
+                jobs.push(bytes.map(|b| decode(&b, *id)).transpose()?);
+            }
+        }
+        Ok(jobs)
+    }
+
     async fn get_many(&self, ids: &[String]) -> Result<Vec<Job>, Error> {
         let mut pipe = redis::pipe();
         for id in ids {

@@ -11,13 +11,14 @@
 //! and gives them back ([`JobSource::release`]: they run again at the next start, the
 //! attempt not counted).
 //!
-//! Known limit: children live in their own process groups, so a Portico killed with
-//! SIGKILL leaves its running commands behind (they finish; their output goes nowhere; the
-//! jobs run again after the restart). An orderly stop kills them.
+//! Children live in their own process groups, so a Portico killed with SIGKILL leaves its
+//! running commands behind; `orphans.rs` records each group while it runs and the next
+//! start kills what is left, before the jobs run again.
 
+pub mod orphans;
 mod per_job;
 mod persistent;
-pub mod process;
+mod process;
 pub mod protocol;
 mod source;
 
@@ -47,6 +48,9 @@ pub struct RunnerSettings {
     pub max_output: usize,
     /// This machine's name (progress meta `host`, slot names).
     pub host: String,
+    /// Where running commands' process groups are recorded, so a restart after a crash
+    /// kills what the dead Portico left running (`None`: not recorded).
+    pub children: Option<orphans::ChildRegistry>,
 }
 
 impl RunnerSettings {
@@ -55,6 +59,7 @@ impl RunnerSettings {
             kill_grace: config.kill_grace,
             max_output: config.max_output,
             host: hostname(),
+            children: None,
         }
     }
 }

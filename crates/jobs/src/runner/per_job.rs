@@ -36,7 +36,11 @@ enum End {
 }
 
 pub(crate) async fn run<S: JobSource>(ctx: &SlotContext<S>, task: &Task) -> Ended {
-    let (mut child, group) = match process::spawn(&ctx.service, Some(task.job.id)) {
+    let (mut child, mut group) = match process::spawn(
+        &ctx.service,
+        Some(task.job.id),
+        ctx.settings.children.as_ref(),
+    ) {
         Ok(started) => started,
         Err(error) => {
             let program = ctx.service.command.first().map_or("", String::as_str);
@@ -69,8 +73,8 @@ pub(crate) async fn run<S: JobSource>(ctx: &SlotContext<S>, task: &Task) -> Ende
         (output, log)
     };
     tokio::pin!(io);
-    let status = async {
-        tokio::select! {
+    let status = async move {
+        let end = tokio::select! {
             status = child.wait() => End::Exited(status.ok()),
             () = sleep_or_never(ctx.service.timeout) => {
                 group.terminate(&mut child, ctx.settings.kill_grace).await;
@@ -84,18 +88,19 @@ pub(crate) async fn run<S: JobSource>(ctx: &SlotContext<S>, task: &Task) -> Ende
                 group.terminate(&mut child, ctx.settings.kill_grace).await;
                 End::Stopped
             }
-        }
+        };
+        (end, group)
     };
     tokio::pin!(status);
     let mut finished_io = None;
-    let end = loop {
+    let (end, mut group) = loop {
         tokio::select! {
             io = &mut io, if finished_io.is_none() => finished_io = Some(io),
             end = &mut status => break end,
         }
     };
     // Whatever the command started and left behind in its group goes with it.
-    group.signal(nix::sys::signal::Signal::SIGKILL);
+    group.kill_rest();
     let (output, log) = match finished_io {
         Some(done) => done,
         None => tokio::time::timeout(OUTPUT_AFTER_EXIT, io)

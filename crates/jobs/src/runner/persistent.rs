@@ -30,6 +30,9 @@ use crate::Outcome;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long the stderr of a process that died may take to reach EOF (a child it left
+/// behind may hold the pipe open).
+const STDERR_AFTER_DEATH: Duration = Duration::from_millis(500);
 
 /// A slot's process, started when the first job comes and kept between jobs.
 #[derive(Default)]
@@ -87,7 +90,11 @@ impl Persistent {
             Exchange::Stopped => Ended::Stopped,
             Exchange::Died => {
                 let mut process = self.process.take().expect("running");
+                // Its last words on stderr may still be in the pipe.
+                let drain = drain_stderr(&mut process, &mut log);
+                let _ = tokio::time::timeout(STDERR_AFTER_DEATH, drain).await;
                 let status = process.child.wait().await.ok();
+                process.group.kill_rest();
                 self.back_off();
                 let lines = log.last_lines();
                 let mut reason = format!("the persistent process ended ({})", describe(status));
@@ -114,7 +121,7 @@ impl Persistent {
         if let Some(at) = self.not_before.take() {
             tokio::time::sleep_until(at).await;
         }
-        match process::spawn(&ctx.service, None) {
+        match process::spawn(&ctx.service, None, ctx.settings.children.as_ref()) {
             Ok((mut child, group)) => {
                 let (Some(stdin), Some(stdout), Some(stderr)) =
                     (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -211,6 +218,20 @@ async fn exchange<S: JobSource>(
                     Ok(LineRead::Eof) | Err(_) => process.stderr_open = false,
                 }
             }
+        }
+    }
+}
+
+/// Reads what is left on a dead process's stderr into the log.
+async fn drain_stderr(process: &mut Process, log: &mut LogTail) {
+    while process.stderr_open {
+        match process
+            .err_lines
+            .read(&mut process.stderr, MAX_LOG_LINE)
+            .await
+        {
+            Ok(LineRead::Line | LineRead::TooLong) => log.push_line(process.err_lines.line()),
+            Ok(LineRead::Eof) | Err(_) => process.stderr_open = false,
         }
     }
 }

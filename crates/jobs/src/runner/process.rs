@@ -3,10 +3,10 @@
 //!
 //! - **Own process group** (`setpgid(0, 0)` at spawn): a timeout or cancel kills the command
 //!   and everything it started (`sh -c` pipelines, helpers), not just the first process.
-//!   [`Group`] kills the group with SIGKILL when dropped, so no path (a panic, a dropped
+//!   `Group` kills the group with SIGKILL when dropped, so no path (a panic, a dropped
 //!   slot on shutdown) leaves children behind while Portico runs.
 //! - **cwd `/`**: the data directory may be unreachable by path (Portico switched users).
-//! - **Bounded reads**: [`LineReader`] never holds more than its limit of one line;
+//! - **Bounded reads**: `LineReader` never holds more than its limit of one line;
 //!   [`LogTail`] keeps the last 64 KiB of log text. A command that floods stdout or stderr
 //!   costs CPU to drain, never memory.
 
@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::process::{Child, Command};
 
+use super::orphans::{ChildRegistry, Registration};
 use crate::config::ServiceConfig;
 use crate::JobId;
 
@@ -27,10 +28,12 @@ pub const LOG_TAIL_BYTES: usize = 64 * 1024;
 /// Longest stderr line kept whole; the rest of a longer line is dropped.
 pub const MAX_LOG_LINE: usize = 8 * 1024;
 
-/// Starts `service`'s command with piped stdio, in its own process group, cwd `/`.
+/// Starts `service`'s command with piped stdio, in its own process group, cwd `/`; the
+/// group is recorded in `children` while it runs.
 pub(crate) fn spawn(
     service: &ServiceConfig,
     job: Option<JobId>,
+    children: Option<&ChildRegistry>,
 ) -> std::io::Result<(Child, Group)> {
     let (program, args) = service
         .command
@@ -54,29 +57,49 @@ pub(crate) fn spawn(
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .ok_or_else(|| std::io::Error::other("the command exited before it could be watched"))?;
-    Ok((
-        child,
-        Group {
-            pgid: Pid::from_raw(pid),
-        },
-    ))
+    let group = Group {
+        pgid: Pid::from_raw(pid),
+        armed: true,
+        _registration: children.and_then(|registry| registry.register(pid)),
+    };
+    Ok((child, group))
 }
 
-/// A command's process group; SIGKILLed when dropped.
+/// A command's process group; SIGKILLed when dropped, unless [`Group::kill_rest`] ran.
+///
+/// The group's id is its leader's pid. Once the leader is reaped and the last member is
+/// gone, that id can be reused by another process group, so the group is signalled only
+/// while the leader is unreaped, or right after (`kill_rest`), never at some later drop.
 #[derive(Debug)]
 pub(crate) struct Group {
     pgid: Pid,
+    armed: bool,
+    /// Unregisters the group when the group is dropped (after it was killed or ended).
+    _registration: Option<Registration>,
 }
 
 impl Group {
     pub(crate) fn signal(&self, signal: Signal) {
-        // ESRCH: the group is gone already.
-        let _ = killpg(self.pgid, signal);
+        if self.armed {
+            // ESRCH: the group is gone already.
+            let _ = killpg(self.pgid, signal);
+        }
+    }
+
+    /// Call right after reaping the leader: SIGKILLs whatever is left in the group (a
+    /// background child the command left behind), then never signals again.
+    pub(crate) fn kill_rest(&mut self) {
+        self.signal(Signal::SIGKILL);
+        self.armed = false;
     }
 
     /// SIGTERM to the group; SIGKILL if `child` has not exited within `grace`. Returns the
     /// child's status; the rest of the group is SIGKILLed in any case.
-    pub(crate) async fn terminate(&self, child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    pub(crate) async fn terminate(
+        &mut self,
+        child: &mut Child,
+        grace: Duration,
+    ) -> Option<ExitStatus> {
         self.signal(Signal::SIGTERM);
         let status = match tokio::time::timeout(grace, child.wait()).await {
             Ok(status) => status.ok(),
@@ -85,7 +108,7 @@ impl Group {
                 child.wait().await.ok()
             }
         };
-        self.signal(Signal::SIGKILL);
+        self.kill_rest();
         status
     }
 }

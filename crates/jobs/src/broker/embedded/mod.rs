@@ -1,9 +1,9 @@
 //! `EmbeddedBroker`: durable per-service queues in the data directory, leases, redelivery.
 //!
 //! - **Submit**: one durable write. With embedded records the job's record and its queue
-//!   entry go into `jobs.redb` in one op of the group commit; with Redis records the record
-//!   is stored there first, then the queue entry here. Only then is the job pushed to its
-//!   in-memory [`ServiceQueue`] (straight to a waiting slot or long-poller, if any) and the
+//!   entry go into `jobs.redb` in one op of the group commit; with Redis records the queue
+//!   entry is stored here first, then the record there. Only then is the job pushed to its
+//!   in-memory `ServiceQueue` (straight to a waiting slot or long-poller, if any) and the
 //!   submission answered.
 //! - **Take**: from memory; the run gets a lease (an id, a stop token, and for remote
 //!   workers an expiry) in the in-flight table. The start is stored through the state
@@ -21,8 +21,10 @@
 //!   stop token fires (the runner kills the process group; a remote worker learns it at its
 //!   next renewal).
 
+mod leases;
 mod queue;
 mod recovery;
+mod source;
 mod writer;
 
 use std::collections::HashMap;
@@ -40,10 +42,11 @@ use crate::capacity::Meter;
 use crate::config::ServiceConfig;
 use crate::hub::Hub;
 use crate::records::{Applied, LocalDb, Op, Records};
-use crate::runner::{JobSource, Task};
+use crate::runner::Task;
 use crate::{Change, Error, Job, JobId, Lease, LeaseId, LeaseStatus, Outcome};
 
 pub(crate) use queue::{Queued, ServiceQueue};
+pub use source::LocalSource;
 use writer::{Then, Write};
 
 /// A remote worker counts as active this long after it last asked for work or renewed.
@@ -170,7 +173,7 @@ impl EmbeddedBroker {
         });
         recovery::recover(&inner).await?;
         background.spawn("jobs-state-writer", writer::run(inner.clone(), receiver));
-        background.spawn("jobs-lease-reaper", reap(Arc::downgrade(&inner)));
+        background.spawn("jobs-lease-reaper", leases::reap(Arc::downgrade(&inner)));
         Ok(EmbeddedBroker { inner })
     }
 
@@ -184,10 +187,6 @@ impl EmbeddedBroker {
     /// The job records this broker keeps up to date.
     pub fn records(&self) -> &Records {
         &self.inner.records
-    }
-
-    pub(crate) fn hub(&self) -> &Hub {
-        &self.inner.hub
     }
 
     pub(crate) fn meter(&self) -> &Meter {
@@ -212,12 +211,19 @@ impl EmbeddedBroker {
             };
             self.inner.db.write(op).await?;
         } else {
-            self.inner.records.insert(&job).await?;
+            // Queue entry first: a crash before the record is stored leaves an entry
+            // without a record, which the restart drops; the other order would leave a
+            // shared record PENDING forever.
             let op = Op::Enqueue {
                 service: job.service.clone(),
                 id: job.id,
             };
             self.inner.db.write(op).await?;
+            if let Err(error) = self.inner.records.insert(&job).await {
+                let entries = vec![(job.service.clone(), job.id)];
+                let _ = self.inner.db.write(Op::Dequeue { entries }).await;
+                return Err(error);
+            }
         }
         let now = Instant::now();
         self.inner.hub.publish(&job);
@@ -303,17 +309,25 @@ impl EmbeddedBroker {
         Some(Task { job, lease, stop })
     }
 
-    /// Remote workers: the next job of `service`, waiting up to `wait` (long poll).
+    /// Remote workers: the next job of `service`, waiting up to `wait` (long poll);
+    /// `Err(Draining)` once Portico is shutting down.
     pub async fn lease(
         &self,
         service: &str,
         worker: &str,
         wait: Duration,
     ) -> Result<Option<Lease>, Error> {
-        self.service(service)?;
+        let queue = &self.service(service)?.queue;
+        if queue.is_closed() {
+            // Shutting down: a retryable error, so the worker backs off instead of polling.
+            return Err(Error::Draining);
+        }
         self.inner.saw_worker(service, worker);
         let task = self.take(service, worker, true, Some(wait)).await?;
         self.inner.saw_worker(service, worker);
+        if task.is_none() && queue.is_closed() {
+            return Err(Error::Draining);
+        }
         Ok(task.map(|task| Lease {
             id: task.lease,
             job: task.job,
@@ -594,89 +608,5 @@ impl Inner {
         let id = flights.by_lease.remove(&lease)?;
         let flight = flights.by_job.remove(&id)?;
         Some((flight.service, now.saturating_duration_since(flight.taken)))
-    }
-}
-
-/// Requeues the jobs of remote leases that ran out.
-async fn reap(inner: std::sync::Weak<Inner>) {
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        let period = (strong.lease / 4).max(Duration::from_millis(100));
-        let expired = strong.expired(Instant::now());
-        for (id, lease, service) in expired {
-            tracing::warn!(job = %id, %service, "lease ran out (the worker stopped renewing); running the job again");
-            let max_attempts = strong.services.get(&service).map_or(1, |s| s.max_attempts);
-            let change = Change::Requeue {
-                reason: "the worker stopped renewing its lease".into(),
-                max_attempts,
-                log: String::new(),
-            };
-            strong.write(id, change, Then::Requeue(Some(lease))).await;
-        }
-        drop(strong);
-        tokio::time::sleep(period).await;
-    }
-}
-
-impl Inner {
-    /// Remote runs whose lease ran out by `now`; their leases stop being renewable at once.
-    fn expired(&self, now: Instant) -> Vec<(JobId, LeaseId, String)> {
-        let mut flights = self.flights();
-        let expired: Vec<(JobId, LeaseId, String)> = flights
-            .by_job
-            .iter()
-            .filter(|(_, f)| f.expires.is_some_and(|at| at <= now))
-            .map(|(id, f)| (*id, f.lease, f.service.clone()))
-            .collect();
-        for (id, _, _) in &expired {
-            if let Some(flight) = flights.by_job.get_mut(id) {
-                // Kept until the requeue is stored (so the job is not taken twice), but no
-                // longer renewable: a late renewal answers Lost.
-                flight.expires = None;
-                flight.lost = true;
-            }
-        }
-        expired
-    }
-}
-
-/// The embedded broker's jobs of one service, for local slots.
-#[derive(Debug, Clone)]
-pub struct LocalSource {
-    broker: EmbeddedBroker,
-    service: String,
-}
-
-impl JobSource for LocalSource {
-    async fn next(&self, worker: &str) -> Result<Option<Task>, Error> {
-        self.broker.take(&self.service, worker, false, None).await
-    }
-
-    async fn progress(&self, task: &Task, percent: u8, meta: Value) -> Result<(), Error> {
-        let change = Change::Progress {
-            percent: percent.min(100),
-            meta,
-        };
-        self.broker
-            .inner
-            .write(task.job.id, change, Then::Nothing)
-            .await;
-        Ok(())
-    }
-
-    async fn finish(&self, task: &Task, outcome: Outcome, log: String) -> Result<(), Error> {
-        let (id, change, then) = self.broker.inner.ending(&task.lease, outcome, log)?;
-        self.broker.inner.write(id, change, then).await;
-        Ok(())
-    }
-
-    async fn release(&self, task: &Task) -> Result<(), Error> {
-        self.broker
-            .inner
-            .write_and_wait(task.job.id, Change::Release, Then::Ended(task.lease))
-            .await
-            .map(drop)
     }
 }

@@ -100,11 +100,11 @@ impl ServiceQueue {
     pub(crate) async fn pop(&self, wait: Option<Duration>) -> Option<Queued> {
         let receiver = {
             let mut state = self.lock();
-            if let Some(queued) = state.ready.pop_front() {
-                return Some(queued);
-            }
             if state.closed {
                 return None;
+            }
+            if let Some(queued) = state.ready.pop_front() {
+                return Some(queued);
             }
             let (sender, receiver) = oneshot::channel();
             state.waiters.push_back(sender);
@@ -125,13 +125,18 @@ impl ServiceQueue {
         state.ready.len() != before
     }
 
+    /// Whether [`ServiceQueue::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Jobs ready and not taken.
     pub(crate) fn depth(&self) -> usize {
         self.lock().ready.len()
     }
 
-    /// From now on `pop` answers `None` when nothing is ready (waiting takers are released
-    /// at once); pushes still queue, for the next start.
+    /// From now on `pop` answers `None` (waiting takers are released at once): no job is
+    /// handed out any more; pushes still queue, for the next start.
     pub(crate) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
