@@ -103,6 +103,9 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
         kill_grace: args.kill_grace,
         max_output: 16 * 1024 * 1024,
         host: jobs::runner::hostname(),
+        // A killed worker's commands are not hunted down at its next start (it has no data
+        // directory); their jobs run again elsewhere once the lease runs out.
+        children: None,
     };
     let background = service::Background::new("worker");
     let runner = Runner::start(
