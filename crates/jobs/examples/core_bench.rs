@@ -3,8 +3,8 @@
 //! benchmark against Celery + RabbitMQ is `bench/jobs/`; this one says what the core itself
 //! can do, so a regression shows up without the gateway in the way.
 //!
-//! `cargo run --release -p jobs --example core_bench -- [SUBMISSIONS] [CONCURRENCY] [JOBS] [SLOTS]`
-//! (defaults 200000 256 100000 2). The data directory is a temporary directory under
+//! `cargo run --release -p jobs --example core_bench -- [SUBMISSIONS] [CONCURRENCY] [JOBS] [SLOTS] [MODE]`
+//! (defaults 200000 256 100000 2 persistent; MODE `per_job` runs `true` per job). The data directory is a temporary directory under
 //! `$TMPDIR`, on a real disk (every acknowledged submission is fsync'd, group-committed).
 
 use std::sync::Arc;
@@ -25,6 +25,15 @@ fn arg(n: usize, default: usize) -> usize {
 }
 
 fn config(slots: i64) -> jobs::JobsConfig {
+    let per_job = std::env::args().nth(5).as_deref() == Some("per_job");
+    let (command, mode) = if per_job {
+        (vec!["true".to_string()], "per_job")
+    } else {
+        (
+            vec!["awk".to_string(), NOOP_WORKER.to_string()],
+            "persistent",
+        )
+    };
     RawJobsConfig {
         services: vec![RawService {
             name: "noop".into(),
@@ -32,8 +41,8 @@ fn config(slots: i64) -> jobs::JobsConfig {
             celery_queue_name: None,
             version: String::new(),
             noparams: false,
-            command: vec!["awk".into(), NOOP_WORKER.into()],
-            mode: "persistent".into(),
+            command,
+            mode: mode.into(),
             workers: Some(RawWorkers::Count(slots)),
             timeout: None,
             max_attempts: 3,
@@ -145,7 +154,10 @@ fn main() {
         }
         let elapsed = started.elapsed();
         println!(
-            "no-op jobs end to end (persistent, {slots} slots): {} in {:.2}s = {:.0}/s",
+            "no-op jobs end to end ({}, {slots} slots): {} in {:.2}s = {:.0}/s",
+            std::env::args()
+                .nth(5)
+                .unwrap_or_else(|| "persistent".into()),
             ids.len(),
             elapsed.as_secs_f64(),
             ids.len() as f64 / elapsed.as_secs_f64()

@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use time::OffsetDateTime;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -107,6 +108,37 @@ struct Flight {
     /// The lease ran out; the job is being requeued.
     lost: bool,
     taken: Instant,
+}
+
+/// A job taken from the queue whose taker has not got it yet: if the taker goes away
+/// (its future dropped) before [`Claim::disarm`], the run is forgotten and the job goes back
+/// to the front of its queue.
+struct Claim<'a> {
+    inner: &'a Inner,
+    lease: LeaseId,
+    job: Option<Job>,
+}
+
+impl Claim<'_> {
+    fn disarm(mut self) {
+        self.job = None;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let Some(job) = self.job.take() else { return };
+        {
+            let mut flights = self.inner.flights();
+            if let Some(id) = flights.by_lease.remove(&self.lease) {
+                flights.by_job.remove(&id);
+            }
+        }
+        if let Some(service) = self.inner.services.get(&job.service) {
+            let since = Instant::now();
+            service.queue.push_front(Queued { job, since });
+        }
+    }
 }
 
 /// What [`EmbeddedBroker::open`] needs.
@@ -304,8 +336,24 @@ impl EmbeddedBroker {
         let change = Change::Start {
             worker: worker.to_string(),
         };
+        let write = Write {
+            id: job.id,
+            change: change.clone(),
+            then: Then::Nothing,
+            done: None,
+        };
+        // Not awaiting (the usual case) leaves no point where a dropped taker (a long poll
+        // whose client left, a slot being resized) could lose the job it claimed.
+        if let Err(TrySendError::Full(write)) = self.inner.writes.try_send(write) {
+            let claim = Claim {
+                inner: &self.inner,
+                lease,
+                job: Some(job.clone()),
+            };
+            let _ = self.inner.writes.send(write).await;
+            claim.disarm();
+        }
         job.apply(&change, OffsetDateTime::now_utc());
-        self.inner.write(job.id, change, Then::Nothing).await;
         Some(Task { job, lease, stop })
     }
 
