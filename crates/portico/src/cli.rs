@@ -32,4 +32,11 @@ pub enum Command {
     Regioninfo(crate::wire::region::LegacyArgs),
     /// Serve the fib back-end wire protocol on TCP.
     FibBackend(crate::wire::fib::BackendArgs),
+    /// Print a JWT the job API accepts (as the original's `python -m VestaRestPackage.jwt_`).
+    Token(crate::wire::jobs::TokenArgs),
+    /// Run a service's jobs on this machine, pulled from a gateway.
+    Worker(crate::wire::worker::WorkerArgs),
+    /// Convert an original system's config to Portico's TOML.
+    #[command(subcommand)]
+    Migrate(crate::wire::migrate::MigrateCommand),
 }

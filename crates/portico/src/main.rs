@@ -31,6 +31,9 @@ fn main() -> ExitCode {
         },
         cli::Command::Regioninfo(args) => wire::region::legacy_main(args),
         cli::Command::FibBackend(args) => wire::fib::backend_main(args),
+        cli::Command::Worker(args) => report(wire::worker::run(args)),
+        cli::Command::Token(args) => report(wire::jobs::token(args)),
+        cli::Command::Migrate(command) => report(wire::migrate::migrate(command)),
     }
 }
 

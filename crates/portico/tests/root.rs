@@ -61,6 +61,51 @@ async fn post_and_get(client: &reqwest::Client, base: &str, text: &str) {
     assert_eq!(body["message"], text);
 }
 
+/// The example job service `echo` runs its command as nobody, from a working directory
+/// nobody cannot enter, with a token `portico token` made from the generated key.
+async fn echo_job_succeeds(client: &reqwest::Client, base: &str, dir: &Path) {
+    let output = std::process::Command::new(BIN)
+        .arg("token")
+        .current_dir(dir)
+        .output()
+        .expect("portico token");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let submitted: serde_json::Value = client
+        .post(format!("{base}/echo/annotate"))
+        .header("Authorization", token)
+        .form(&[("text", "as nobody")])
+        .send()
+        .await
+        .expect("submit")
+        .json()
+        .await
+        .expect("JSON");
+    let uuid = submitted["uuid"].as_str().expect("a uuid").to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status: serde_json::Value = client
+            .get(format!("{base}/echo/status?uuid={uuid}"))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("JSON");
+        if status["status"] == "SUCCESS" {
+            assert_eq!(status["result"]["service"]["misc"]["text"], "as nobody");
+            return;
+        }
+        assert_ne!(status["status"], "FAILURE", "{status}");
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Finding 1 of issue 9: the README's first command, as root in a clone under a 0700 home,
 /// stopped with "creating data directory ...: Permission denied" after switching to nobody.
 #[tokio::test]
@@ -82,6 +127,7 @@ async fn zero_config_as_root_serves_from_a_clone_in_a_private_home() {
     let https = server.url_on(true, "").expect("an HTTPS listener");
     post_and_get(&server.client(), &https, "over TLS").await;
     assert_eq!(uids_of(server.pid()), vec![nobody().uid.as_raw(); 4]);
+    echo_job_succeeds(&server.client(), &base, &clone).await;
     let data = std::fs::metadata(clone.join("portico-data")).expect("data dir");
     assert_eq!(
         data.uid(),

@@ -21,9 +21,11 @@
 //! Beside it: the test Redis and a private `redis-server` (`redis.rs`), and [`Tmpfs`], a
 //! small real filesystem to fill up and grow again (`tmpfs.rs`, needs root).
 
+mod python;
 mod redis;
 mod tmpfs;
 
+pub use python::{python3, Venv};
 pub use redis::{have_root, server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
 pub use tmpfs::Tmpfs;
 

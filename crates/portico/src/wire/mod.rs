@@ -7,8 +7,11 @@
 //! list.
 
 pub mod fib;
+pub mod jobs;
 pub mod messages;
+pub mod migrate;
 pub mod region;
+pub mod worker;
 
 use std::future::Future;
 
@@ -117,6 +120,7 @@ services! {
     messages: messages::Messages,
     region: region::Region,
     fib: fib::Fib,
+    jobs: jobs::Jobs,
 }
 
 fn take_section<S: BuiltIn>(table: &mut toml::Table) -> anyhow::Result<S::Config> {
@@ -181,7 +185,10 @@ mod tests {
         let config = parse("[fib]\nlimit = 77\n[messages]\nkey_prefix = \"p:\"\n").unwrap();
         assert_eq!(config.services.fib.limit, 77);
         assert_eq!(config.services.messages.key_prefix, "p:");
-        assert_eq!(SERVICE_NAMES, &["admin", "messages", "region", "fib"]);
+        assert_eq!(
+            SERVICE_NAMES,
+            &["admin", "messages", "region", "fib", "jobs"]
+        );
     }
 
     #[test]

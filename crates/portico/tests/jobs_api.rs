@@ -1,0 +1,668 @@
+//! The job API over real sockets: every route of the original ServiceGateway (the spec's
+//! first section) with its statuses, content types and vesta codes, tokens made the way the
+//! original's clients made them (PyJWT from PyPI in a venv, base64 key, HS512, `aud`,
+//! `exp`), and the modern API with server-sent events. With `CI` set, a missing python3 or
+//! PyPI fails these tests.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testkit::{Portico, Venv};
+
+const KEY: &str = "vJmMvm44x6RJcVXNPy6UDcSfJHOHNHrT1tKpo4IQ4MU=";
+const AUDIENCE: &str = "vlbTest";
+
+const CONFIG: &str = r#"
+[jobs.security]
+jwt_key = "vJmMvm44x6RJcVXNPy6UDcSfJHOHNHrT1tKpo4IQ4MU="
+jwt_audience = "vlbTest"
+
+[[jobs.service]]
+name = "transcoder"
+celery_queue_name = "transcoder_0.2.7"
+version = "0.2.7"
+command = ["sh", "-c", "cat >/dev/null; echo 'progress 50' >&2; echo '{\"annotations\": [1, 2.5, \"\u00e9\"]}'"]
+workers = 2
+[jobs.service.canarie]
+name = "Transcoder"
+synopsis = "Converts media"
+institution = "CRIM"
+release_time = "2019-03-20T00:00:00Z"
+support_email = "support@example.org"
+category = "Data Manipulation"
+research_subject = "Multimedia"
+tags = ["audio", "video"]
+doc = "https://example.org/doc"
+source = ",204"
+tryme = "Not available,404"
+
+[[jobs.service]]
+name = "echo"
+version = "1.0"
+noparams = true
+command = ["sh", "-c", "input=$(cat); echo 'progress 30' >&2; sleep 0.3; echo 'progress 60' >&2; sleep 0.3; printf '%s' \"$input\""]
+
+[[jobs.service]]
+name = "slow"
+version = "1.0"
+noparams = true
+command = ["sh", "-c", "cat >/dev/null; echo 'progress 10' >&2; sleep 60; echo '{}'"]
+"#;
+
+/// PyJWT, as the original's clients and `jwt_` used it.
+const MAKE_TOKEN: &str = r#"
+import base64, datetime, sys, jwt
+key, aud, alg, offset = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+claims = {"aud": aud, "exp": datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=offset)}
+secret = None if alg == "none" else base64.b64decode(key)
+print(jwt.encode(claims, secret, algorithm=alg))
+"#;
+
+struct Tokens {
+    venv: Venv,
+}
+
+impl Tokens {
+    fn new() -> Option<Tokens> {
+        Venv::with_packages(&["PyJWT"]).map(|venv| Tokens { venv })
+    }
+
+    fn make(&self, key: &str, aud: &str, alg: &str, seconds: i64) -> String {
+        self.venv
+            .run(MAKE_TOKEN, &[key, aud, alg, &seconds.to_string()])
+    }
+
+    fn valid(&self) -> String {
+        self.make(KEY, AUDIENCE, "HS512", 600)
+    }
+}
+
+async fn start() -> Portico {
+    Portico::start(env!("CARGO_BIN_EXE_portico"), CONFIG)
+        .await
+        .expect("portico starts")
+}
+
+async fn text(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, content_type, response.text().await.unwrap())
+}
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// Submits `doc_url` to `service` as the original's curl example did; the uuid.
+async fn annotate(server: &Portico, token: &str, service: &str) -> String {
+    let response = server
+        .client()
+        .post(server.url(&format!("/{service}/annotate")))
+        .header("Authorization", token)
+        .form(&[("doc_url", "http://h/a.wav"), ("ann_doc_id", "A1")])
+        .send()
+        .await
+        .unwrap();
+    let (status, content_type, body) = text(response).await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/json"),
+        "{body}"
+    );
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_string();
+    assert_eq!(
+        body,
+        format!("{{\"uuid\":\"{uuid}\"}}\n"),
+        "the original's bytes"
+    );
+    uuid
+}
+
+/// Polls the status until `state` (at most 20 s); the last body.
+async fn wait_for(server: &Portico, service: &str, uuid: &str, state: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = server.url(&format!("/{service}/status?uuid={uuid}"));
+        let (status, _, body) = text(server.client().get(url).send().await.unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        if json(&body)["status"] == state {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "never {state}: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_vesta(body: &str, status: u16, code: u64) {
+    let value = json(body);
+    assert_eq!(value["status"], status, "{body}");
+    assert_eq!(value["vesta"]["code"], code, "{body}");
+    assert!(
+        value["description"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    assert_eq!(value["description"], value["vesta"]["message"], "{body}");
+}
+
+#[tokio::test]
+async fn annotate_then_status_in_json_and_xml_as_the_original() {
+    let Some(tokens) = Tokens::new() else { return };
+    let server = start().await;
+    let uuid = annotate(&server, &tokens.valid(), "transcoder").await;
+    let body = wait_for(&server, "transcoder", &uuid, "SUCCESS").await;
+    assert_eq!(
+        body,
+        format!("{{\"result\":{{\"annotations\":[1,2.5,\"\\u00e9\"]}},\"status\":\"SUCCESS\",\"uuid\":\"{uuid}\"}}\n"),
+        "compact, sorted, ASCII, one newline"
+    );
+    let response = server
+        .client()
+        .get(server.url(&format!("/transcoder/status?uuid={uuid}")))
+        .header("Accept", "application/xml")
+        .send()
+        .await
+        .unwrap();
+    let (status, content_type, body) = text(response).await;
+    assert_eq!((status, content_type.as_str()), (200, "application/xml"));
+    assert_eq!(
+        body,
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\" ?><process_status><status>SUCCESS</status>\
+             <uuid>{uuid}</uuid><result><annotations><item>1</item><item>2.5</item><item>\u{e9}</item>\
+             </annotations></result></process_status>"
+        )
+    );
+}
+
+#[tokio::test]
+async fn status_errors_have_the_original_codes() {
+    let server = start().await;
+    let get = |path: &str| server.client().get(server.url(path)).send();
+    let (status, content_type, body) = text(get("/transcoder/status").await.unwrap()).await;
+    assert_eq!((status, content_type.as_str()), (400, "application/json"));
+    assert_vesta(&body, 400, 206);
+    assert!(body.contains("uuid"), "{body}");
+    let unknown = "/transcoder/status?uuid=8a3c1f2e-0000-4000-8000-000000000000";
+    let (status, _, body) = text(get(unknown).await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert_vesta(&body, 400, 203);
+    let (status, _, body) = text(get("/transcoder/status?uuid=not-a-uuid").await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert_vesta(&body, 400, 203);
+    let (status, _, body) = text(get("/nope/status?uuid=x").await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert_vesta(&body, 400, 202);
+    let response = server
+        .client()
+        .get(server.url("/transcoder/status"))
+        .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    let (status, content_type, body) = text(response).await;
+    assert_eq!(status, 400);
+    assert!(
+        content_type.starts_with("text/html"),
+        "browsers get a page: {content_type}"
+    );
+    assert!(body.contains("206"), "{body}");
+}
+
+#[tokio::test]
+async fn submissions_are_checked_before_they_are_queued() {
+    let Some(tokens) = Tokens::new() else { return };
+    let server = start().await;
+    let token = tokens.valid();
+    let post = |path: &str, form: &'static [(&'static str, &'static str)]| {
+        server
+            .client()
+            .post(server.url(path))
+            .header("Authorization", token.clone())
+            .form(form)
+            .send()
+    };
+    let (status, _, body) = text(post("/transcoder/annotate", &[]).await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert_vesta(&body, 400, 206);
+    let (status, _, body) = text(
+        post("/transcoder/annotate", &[("doc_url", "http://host")])
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_vesta(&body, 400, 207);
+    let (status, _, body) = text(
+        post(
+            "/transcoder/process",
+            &[("doc_url", "http://h/a"), ("x_url", "nope")],
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_vesta(&body, 400, 207);
+    let (status, _, body) = text(post("/nope/process", &[]).await.unwrap()).await;
+    assert_eq!(
+        status, 400,
+        "an unknown service on /process is 400/202 (the original: 500)"
+    );
+    assert_vesta(&body, 400, 202);
+    let response = server
+        .client()
+        .post(server.url("/transcoder/process"))
+        .header("Authorization", token.clone())
+        .header("Content-Type", "application/json")
+        .body("[1, 2")
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(response).await;
+    assert_eq!(status, 400);
+    assert_vesta(&body, 400, 101);
+}
+
+#[tokio::test]
+async fn process_with_a_storage_id_and_a_json_body_builds_the_original_message() {
+    let Some(tokens) = Tokens::new() else { return };
+    let server = start().await;
+    let response = server
+        .client()
+        .post(server.url("/echo/process/DOC7?lang=fr&storage_txt_id=T1"))
+        .header("Authorization", format!("Bearer {}", tokens.valid()))
+        .header("Content-Type", "application/json")
+        .body(r#"{"model": "large", "lang": "en"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(response).await;
+    assert_eq!(status, 200, "{body}");
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_string();
+    let body = wait_for(&server, "echo", &uuid, "SUCCESS").await;
+    let message = &json(&body)["result"];
+    assert_eq!(
+        message["service"]["document"]["url"],
+        "http://localhost:5002/get/DOC7"
+    );
+    let misc = &message["service"]["misc"];
+    assert_eq!(misc["model"], "large");
+    assert_eq!(misc["lang"], "fr", "request values overwrite the body");
+    assert_eq!(misc["txt_url"], "http://localhost:5002/get/T1");
+    assert_eq!(misc["upload_url"], "http://localhost:5002/add");
+    assert!(
+        message["request_time"].as_str().unwrap().len() == 19,
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_checked_as_pyjwt_made_them_and_refusals_are_401() {
+    let Some(tokens) = Tokens::new() else { return };
+    let server = start().await;
+    let refused = [
+        ("missing", None),
+        ("expired", Some(tokens.make(KEY, AUDIENCE, "HS512", -60))),
+        (
+            "wrong audience",
+            Some(tokens.make(KEY, "other", "HS512", 600)),
+        ),
+        (
+            "wrong key",
+            Some(tokens.make("c2VjcmV0", AUDIENCE, "HS512", 600)),
+        ),
+        ("alg none", Some(tokens.make(KEY, AUDIENCE, "none", 600))),
+        ("garbage", Some("garbage".to_string())),
+    ];
+    for (what, token) in refused {
+        let mut request = server
+            .client()
+            .post(server.url("/transcoder/annotate"))
+            .form(&[("doc_url", "http://h/a.wav")]);
+        if let Some(token) = token {
+            request = request.header("Authorization", token);
+        }
+        let (status, content_type, body) = text(request.send().await.unwrap()).await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (401, "application/json"),
+            "{what}: {body}"
+        );
+        assert_vesta(&body, 401, 101);
+    }
+    for alg in ["HS256", "HS384", "HS512"] {
+        annotate(&server, &tokens.make(KEY, AUDIENCE, alg, 600), "transcoder").await;
+    }
+    // Within the 10 s leeway.
+    annotate(
+        &server,
+        &tokens.make(KEY, AUDIENCE, "HS512", -5),
+        "transcoder",
+    )
+    .await;
+    let cancel = server
+        .client()
+        .get(server.url("/transcoder/cancel?uuid=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 401);
+}
+
+#[tokio::test]
+async fn cancel_revokes_a_running_job_and_answers_its_status() {
+    let Some(tokens) = Tokens::new() else { return };
+    let server = start().await;
+    let token = tokens.valid();
+    let uuid = annotate(&server, &token, "slow").await;
+    wait_for(&server, "slow", &uuid, "PROGRESS").await;
+    let response = server
+        .client()
+        .get(server.url(&format!("/slow/cancel?uuid={uuid}")))
+        .header("Authorization", token)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        format!("{{\"result\":{{\"code\":109,\"message\":{}}},\"status\":\"REVOKED\",\"uuid\":\"{uuid}\"}}\n",
+            serde_json::to_string(json(&body)["result"]["message"].as_str().unwrap()).unwrap())
+    );
+    wait_for(&server, "slow", &uuid, "REVOKED").await;
+}
+
+#[tokio::test]
+async fn canarie_info_stats_and_pages() {
+    let server = start().await;
+    let client = server.client();
+    let get = |path: &str, accept: &str| {
+        client
+            .get(server.url(path))
+            .header("Accept", accept.to_string())
+            .send()
+    };
+    for path in ["/transcoder/info", "/transcoder/service/info"] {
+        let (status, content_type, body) = text(get(path, "*/*").await.unwrap()).await;
+        assert_eq!(status, 200);
+        assert!(content_type.starts_with("text/html"), "{content_type}");
+        assert!(
+            body.contains("Transcoder") && body.contains("1.9.3_0.2.7"),
+            "{body}"
+        );
+        let (_, content_type, body) = text(get(path, "application/json").await.unwrap()).await;
+        assert_eq!(content_type, "application/json");
+        assert_eq!(
+            body,
+            "{\"activeWorkers\":2,\"category\":\"Data Manipulation\",\"institution\":\"CRIM\",\
+             \"name\":\"Transcoder\",\"releaseTime\":\"2019-03-20T00:00:00Z\",\
+             \"researchSubject\":\"Multimedia\",\"supportEmail\":\"support@example.org\",\
+             \"synopsis\":\"Converts media\",\"tags\":[\"audio\",\"video\"],\"version\":\"1.9.3_0.2.7\"}\n"
+        );
+    }
+    server
+        .client()
+        .get(server.url("/transcoder/status?uuid=x"))
+        .send()
+        .await
+        .unwrap();
+    for path in ["/transcoder/stats", "/transcoder/service/stats", "/stats"] {
+        let (status, content_type, body) = text(get(path, "application/json").await.unwrap()).await;
+        assert_eq!(
+            (status, content_type.as_str()),
+            (200, "application/json"),
+            "{path}"
+        );
+        let stats = json(&body);
+        assert!(
+            stats["invocations"].as_u64().unwrap() >= 1,
+            "{path}: {body}"
+        );
+        assert!(
+            stats["lastReset"].as_str().unwrap().ends_with('Z'),
+            "{body}"
+        );
+        let (_, content_type, _) = text(get(path, "*/*").await.unwrap()).await;
+        assert!(content_type.starts_with("text/html"), "{path}");
+    }
+    for path in ["/info", "/service/info"] {
+        let (status, _, body) = text(get(path, "*/*").await.unwrap()).await;
+        assert_eq!(status, 200);
+        let info = json(&body);
+        assert_eq!(info["version"], "1.9.3");
+        assert_eq!(
+            info["services"]["transcoder"]["celery_queue_name"],
+            "transcoder_0.2.7"
+        );
+        assert!(info["services"]["transcoder"].get("command").is_none());
+    }
+    let no_redirects = server
+        .client_builder()
+        .unwrap()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for path in ["/transcoder/doc", "/transcoder/service/doc"] {
+        let response = no_redirects.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 302);
+        assert_eq!(response.headers()["location"], "https://example.org/doc");
+    }
+    let (status, _, body) = text(get("/transcoder/source", "*/*").await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (204, ""));
+    let (status, _, body) = text(get("/transcoder/service/tryme", "*/*").await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (404, "Not available"));
+    let (status, _, _) = text(
+        get("/transcoder/licence", "application/json")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404, "an unset page");
+}
+
+#[tokio::test]
+async fn the_modern_api_submits_streams_events_and_lists() {
+    let Some(tokens) = Tokens::new() else { return };
+    let server = start().await;
+    let token = format!("Bearer {}", tokens.valid());
+    let response = server
+        .client()
+        .post(server.url("/jobs/echo"))
+        .header("Authorization", token.clone())
+        .json(&serde_json::json!({"text": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let job = json(&response.text().await.unwrap());
+    assert_eq!(location, format!("/jobs/{}", job["id"].as_str().unwrap()));
+    assert_eq!(job["state"], "PENDING");
+
+    let events = server
+        .client()
+        .get(server.url(&format!("{location}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let stream = tokio::time::timeout(Duration::from_secs(20), events.text())
+        .await
+        .expect("the stream ends at a final state")
+        .unwrap();
+    let states: Vec<&str> = stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("event: "))
+        .collect();
+    assert_eq!(states.last(), Some(&"SUCCESS"), "{stream}");
+    assert!(states.contains(&"PROGRESS"), "{stream}");
+    let ids: Vec<u64> = stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .map(|id| id.parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    // Reconnecting after the second event replays what followed it, and only that.
+    let resumed = server
+        .client()
+        .get(server.url(&format!("{location}/events")))
+        .header("Last-Event-ID", ids[1].to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let resumed_ids: Vec<u64> = resumed
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .map(|id| id.parse().unwrap())
+        .collect();
+    assert_eq!(resumed_ids.first(), Some(ids.last().unwrap()), "{resumed}");
+
+    let done = json(
+        &server
+            .client()
+            .get(server.url(&location))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(done["state"], "SUCCESS");
+    assert_eq!(done["progress"], 100);
+    assert_eq!(done["result"]["service"]["misc"]["text"], "hello");
+
+    let list = json(
+        &server
+            .client()
+            .get(server.url("/jobs?service=echo&limit=5"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(list["jobs"][0]["id"], done["id"]);
+    let bad = server
+        .client()
+        .get(server.url("/jobs/not-a-uuid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let missing = server
+        .client()
+        .get(server.url("/jobs/8a3c1f2e-0000-4000-8000-000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let unauthenticated = server
+        .client()
+        .delete(server.url(&location))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let capacity = json(
+        &server
+            .client()
+            .get(server.url("/jobs/capacity"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert!(
+        capacity["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["service"] == "echo"),
+        "{capacity}"
+    );
+}
+
+#[tokio::test]
+async fn with_no_service_configured_echo_runs_and_portico_token_is_accepted() {
+    let server = Portico::start(env!("CARGO_BIN_EXE_portico"), "")
+        .await
+        .expect("portico starts");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["token", "--ttl", "5m", "--config"])
+        .arg(server.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let key = std::fs::read_to_string(server.data_dir().join("jwt.key")).unwrap();
+    assert!(
+        !key.trim().is_empty(),
+        "the generated key is kept in the data directory"
+    );
+    let uuid = annotate(&server, &token, "echo").await;
+    let body = wait_for(&server, "echo", &uuid, "SUCCESS").await;
+    assert_eq!(
+        json(&body)["result"]["service"]["misc"]["doc_url"],
+        "http://h/a.wav"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["token", "--ttl", "0s", "--config"])
+        .arg(server.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "a zero ttl is refused");
+}
+
+#[tokio::test]
+async fn a_bad_jobs_config_is_refused_naming_every_key() {
+    let config = r#"
+[jobs.security]
+jwt_key = "%%% not base64"
+jwt_algorithm = "RS256"
+[[jobs.service]]
+name = "jobs"
+command = ["true"]
+[[jobs.service]]
+name = "pages"
+command = ["true"]
+[jobs.service.canarie]
+doc = "missing-file.html"
+"#;
+    let Err(error) = Portico::start(env!("CARGO_BIN_EXE_portico"), config).await else {
+        panic!("portico started with a bad [jobs] config");
+    };
+    let text = format!("{error:#}");
+    for key in [
+        "jobs.security.jwt_key",
+        "jobs.security.jwt_algorithm",
+        "jobs.service[0].name",
+    ] {
+        assert!(text.contains(key), "{key} not named in:\n{text}");
+    }
+    let config = "[[jobs.service]]\nname = \"pages\"\ncommand = [\"true\"]\n[jobs.service.canarie]\ndoc = \"missing-file.html\"\n";
+    let Err(error) = Portico::start(env!("CARGO_BIN_EXE_portico"), config).await else {
+        panic!("portico started with a page that is neither a URL, a file nor body,status");
+    };
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("canarie.doc") && text.contains("missing-file.html"),
+        "{text}"
+    );
+}
