@@ -113,14 +113,15 @@ fn xml_name(key: &str) -> (String, Option<String>) {
     ("key".to_string(), Some(key.to_string()))
 }
 
-/// An XML 1.0 name (letters, digits, `_`, `-`, `.`; not starting with a digit, `-` or `.`;
-/// no `:` since namespaces are not declared; not starting with `xml`).
+/// An XML 1.0 (fifth edition) name, without `:` since namespaces are not declared, and not
+/// starting with `xml`. The productions are the standard's character ranges, not Unicode's
+/// letter classes: `ª` is alphabetic to Unicode but no XML name character.
 fn is_xml_name(name: &str) -> bool {
     let mut chars = name.chars();
     let Some(first) = chars.next() else {
         return false;
     };
-    if !(first.is_alphabetic() || first == '_') {
+    if !is_name_start_char(first) {
         return false;
     }
     if name
@@ -129,7 +130,24 @@ fn is_xml_name(name: &str) -> bool {
     {
         return false;
     }
-    chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    chars.all(is_name_char)
+}
+
+/// `NameStartChar` of XML 1.0 (fifth edition), minus `:`.
+fn is_name_start_char(c: char) -> bool {
+    matches!(c,
+        'A'..='Z' | '_' | 'a'..='z'
+        | '\u{C0}'..='\u{D6}' | '\u{D8}'..='\u{F6}' | '\u{F8}'..='\u{2FF}'
+        | '\u{370}'..='\u{37D}' | '\u{37F}'..='\u{1FFF}' | '\u{200C}'..='\u{200D}'
+        | '\u{2070}'..='\u{218F}' | '\u{2C00}'..='\u{2FEF}' | '\u{3001}'..='\u{D7FF}'
+        | '\u{F900}'..='\u{FDCF}' | '\u{FDF0}'..='\u{FFFD}' | '\u{10000}'..='\u{EFFFF}')
+}
+
+/// `NameChar` of XML 1.0 (fifth edition), minus `:`.
+fn is_name_char(c: char) -> bool {
+    is_name_start_char(c)
+        || matches!(c,
+            '-' | '.' | '0'..='9' | '\u{B7}' | '\u{300}'..='\u{36F}' | '\u{203F}'..='\u{2040}')
 }
 
 #[cfg(test)]
@@ -157,6 +175,16 @@ mod tests {
              <uuid>u</uuid><result><tags><item>a</item><item>1.0</item><item>true</item>\
              <item></item><item><k>&lt;&amp;&gt;</k></item></tags></result></process_status>"
         );
+    }
+
+    #[test]
+    fn letters_outside_the_xml_name_ranges_are_not_names() {
+        // Found by `any_json_gives_well_formed_xml`: Unicode calls U+00AA a letter, XML does not.
+        assert!(!is_xml_name("ª"));
+        assert!(!is_xml_name("aº"));
+        assert!(is_xml_name("é"));
+        assert!(is_xml_name("a·b"));
+        assert_eq!(xml_name("ª"), ("key".to_string(), Some("ª".to_string())));
     }
 
     #[test]
