@@ -4,9 +4,11 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PORTICO="$ROOT/target/release/portico"
+# PORTICO: the binary to measure (default: this checkout's release build, built first).
+PORTICO=${PORTICO:-$ROOT/target/release/portico}
 
 build_release() {
+  [ "$PORTICO" = "$ROOT/target/release/portico" ] || return 0
   (cd "$ROOT" && cargo build --release -q -p portico)
 }
 
