@@ -1,0 +1,196 @@
+//! `[proxy]`: the proxy's own settings (the services it routes to, with their latency limits,
+//! are the registry's catalog). Parsed as a raw serde struct with defaults, then validated
+//! into [`Settings`] with every problem named by its key.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The manager's `alloc_timeout`: how long a request waits for an instance to be had.
+pub const DEFAULT_ALLOC_TIMEOUT: Duration = Duration::from_secs(5);
+/// The manager's `upstream_timeout`: how long an instance has to send a response head.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TCP connection to an instance may take. Instances are on the same host or the
+/// same network: a connection that takes longer is a host that is gone, and the request is
+/// better retried on another instance than left waiting for the kernel's SYN retries.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The manager's `alloc_cooldown` (see `balance::ALLOC_COOLDOWN`).
+pub const DEFAULT_ALLOC_COOLDOWN: Duration = balance::ALLOC_COOLDOWN;
+/// Idle keep-alive connections kept per instance on each gateway worker.
+pub const DEFAULT_MAX_IDLE_PER_INSTANCE: usize = 32;
+/// An idle pooled connection older than this is closed rather than reused: instances (like
+/// most HTTP servers) close idle keep-alive connections after a while, and a connection they
+/// are closing just as a request goes out fails that request.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `[proxy]` as written in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// A request for a service with no ready instance waits this long for one.
+    #[serde(with = "humantime_serde")]
+    pub alloc_timeout: Duration,
+    /// An instance that has not sent its response head this long after the request was sent
+    /// is answered for with 504.
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    /// A TCP connection to an instance that takes longer fails (retried on another).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// After an allocation completes, none is asked for the same service for this long.
+    #[serde(with = "humantime_serde")]
+    pub alloc_cooldown: Duration,
+    /// Idle keep-alive connections kept per instance on each gateway worker.
+    pub max_idle_per_instance: usize,
+    /// Idle pooled connections older than this are closed, not reused.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// The agent whose instances count as this proxy's own host (they win ties, and soft-limit
+    /// allocations go there first); default: the host name, the agents' default id.
+    pub local_agent: Option<String>,
+    /// Overrides every service's `soft_latency` in this proxy (the legacy `portico proxy`
+    /// sets it from conf.json's `Perf.SoftReq.RTT`).
+    #[serde(with = "humantime_serde::option")]
+    pub soft_latency: Option<Duration>,
+    /// Overrides every service's `hard_latency` in this proxy (`Perf.HardReq.RTT`).
+    #[serde(with = "humantime_serde::option")]
+    pub hard_latency: Option<Duration>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            alloc_timeout: DEFAULT_ALLOC_TIMEOUT,
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            alloc_cooldown: DEFAULT_ALLOC_COOLDOWN,
+            max_idle_per_instance: DEFAULT_MAX_IDLE_PER_INSTANCE,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            local_agent: None,
+            soft_latency: None,
+            hard_latency: None,
+        }
+    }
+}
+
+/// The validated settings the proxy runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub alloc_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub alloc_cooldown: Duration,
+    pub max_idle_per_instance: usize,
+    pub pool_idle_timeout: Duration,
+    pub local_agent: String,
+    pub soft_latency: Option<Duration>,
+    pub hard_latency: Option<Duration>,
+}
+
+impl ProxyConfig {
+    /// Every problem, each naming its key (`proxy.KEY`).
+    pub fn validate(&self) -> Vec<String> {
+        self.settings().err().unwrap_or_default()
+    }
+
+    /// The settings, or every problem.
+    pub fn settings(&self) -> Result<Settings, Vec<String>> {
+        let ProxyConfig {
+            alloc_timeout,
+            upstream_timeout,
+            connect_timeout,
+            alloc_cooldown,
+            max_idle_per_instance,
+            pool_idle_timeout,
+            local_agent,
+            soft_latency,
+            hard_latency,
+        } = self;
+        let mut errors = Vec::new();
+        for (key, value) in [
+            ("alloc_timeout", alloc_timeout),
+            ("upstream_timeout", upstream_timeout),
+            ("connect_timeout", connect_timeout),
+            ("pool_idle_timeout", pool_idle_timeout),
+        ] {
+            if value.is_zero() {
+                errors.push(format!("proxy.{key}: must be longer than zero"));
+            }
+        }
+        for (key, value) in [("soft_latency", soft_latency), ("hard_latency", hard_latency)] {
+            if value.is_some_and(|v| v.is_zero()) {
+                errors.push(format!("proxy.{key}: must be longer than zero"));
+            }
+        }
+        if let (Some(soft), Some(hard)) = (soft_latency, hard_latency) {
+            if soft >= hard {
+                errors.push(format!(
+                    "proxy.soft_latency ({}): must be below proxy.hard_latency ({})",
+                    humantime::format_duration(*soft),
+                    humantime::format_duration(*hard)
+                ));
+            }
+        }
+        if local_agent.as_deref().is_some_and(str::is_empty) {
+            errors.push("proxy.local_agent: must not be empty (omit it for the host name)".into());
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Settings {
+            alloc_timeout: *alloc_timeout,
+            upstream_timeout: *upstream_timeout,
+            connect_timeout: *connect_timeout,
+            alloc_cooldown: *alloc_cooldown,
+            max_idle_per_instance: *max_idle_per_instance,
+            pool_idle_timeout: *pool_idle_timeout,
+            local_agent: local_agent.clone().unwrap_or_else(host_name),
+            soft_latency: *soft_latency,
+            hard_latency: *hard_latency,
+        })
+    }
+}
+
+/// This host's name (the agents' default id), or `localhost` when it cannot be read.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_section_takes_the_spec_defaults() {
+        let config: ProxyConfig = toml::from_str("").unwrap();
+        let settings = config.settings().unwrap();
+        assert_eq!(settings.alloc_timeout, Duration::from_secs(5));
+        assert_eq!(settings.upstream_timeout, Duration::from_secs(30));
+        assert_eq!(settings.alloc_cooldown, Duration::from_secs(5));
+        assert_eq!(settings.local_agent, host_name());
+        assert_eq!(settings.soft_latency, None);
+    }
+
+    #[test]
+    fn every_bad_key_is_named() {
+        let text = "alloc_timeout = \"0s\"\nupstream_timeout = \"0s\"\nsoft_latency = \"2s\"\n\
+                    hard_latency = \"1s\"\nlocal_agent = \"\"\n";
+        let config: ProxyConfig = toml::from_str(text).unwrap();
+        let errors = config.validate();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(errors[0].starts_with("proxy.alloc_timeout"));
+        assert!(errors[1].starts_with("proxy.upstream_timeout"));
+        assert!(errors[2].starts_with("proxy.soft_latency (2s)"));
+        assert!(errors[3].starts_with("proxy.local_agent"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let error = toml::from_str::<ProxyConfig>("alloc_timout = \"1s\"\n").unwrap_err();
+        assert!(error.to_string().contains("alloc_timout"), "{error}");
+    }
+}
