@@ -18,13 +18,16 @@
 //! block, `toml` appends sections, `top_level` adds top-level keys. When the tests run as root
 //! the config says `allow_root = true` (privilege drop has its own test).
 //!
-//! Beside it: the test Redis and a private `redis-server` (`redis.rs`), and [`Tmpfs`], a
+//! Beside it: `portico-testserver`, the service manager's test instance, and
+//! [`TestServer`] to start it (`testserver.rs`); the test Redis and a private `redis-server` (`redis.rs`), and [`Tmpfs`], a
 //! small real filesystem to fill up and grow again (`tmpfs.rs`, needs root).
 
 mod redis;
+mod testserver;
 mod tmpfs;
 
 pub use redis::{have_root, server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
+pub use testserver::{free_port, testserver_bin, TestServer};
 pub use tmpfs::Tmpfs;
 
 use std::io::{BufRead, BufReader, Read};
