@@ -32,4 +32,9 @@ pub enum Command {
     Regioninfo(crate::wire::region::LegacyArgs),
     /// Serve the fib back-end wire protocol on TCP.
     FibBackend(crate::wire::fib::BackendArgs),
+    /// This host's agent: starts, watches and stops service instances (see `[manager]`).
+    #[command(alias = "allocator")]
+    Agent(crate::manager::agent_cmd::AgentArgs),
+    /// The service catalog: list, add or remove services.
+    Services(crate::manager::services_cmd::ServicesArgs),
 }

@@ -6,6 +6,7 @@ mod cert;
 mod check_cmd;
 mod cli;
 mod config;
+mod manager;
 mod serve;
 mod wire;
 
@@ -31,6 +32,8 @@ fn main() -> ExitCode {
         },
         cli::Command::Regioninfo(args) => wire::region::legacy_main(args),
         cli::Command::FibBackend(args) => wire::fib::backend_main(args),
+        cli::Command::Agent(args) => report(manager::agent_cmd::run(args)),
+        cli::Command::Services(args) => report(manager::services_cmd::run(args)),
     }
 }
 

@@ -7,10 +7,12 @@
 //! list.
 
 pub mod fib;
+pub mod manager;
 pub mod messages;
 pub mod region;
 
 use std::future::Future;
+use std::sync::OnceLock;
 
 use anyhow::Context as _;
 use serde::de::DeserializeOwned;
@@ -20,12 +22,23 @@ use crate::config::{Config, EnvOverride};
 
 /// What `portico serve` hands a service when it opens it.
 pub struct Context<'a> {
+    /// The whole config (a service may read another's section: the proxy reads `[manager]`).
+    pub config: &'a Config,
+    /// What services opened earlier share with later ones.
+    pub shared: &'a Shared,
     /// The data directory, opened before privileges were dropped: open files through it.
     pub data_dir: &'a DataDir,
     /// Register checks that make `/readyz` fail while the service cannot serve.
     pub readiness: &'a Readiness,
     /// Start background tasks through this (stopped after the service's stop hook).
     pub background: Background,
+}
+
+/// What services opened earlier leave for later ones (the list's order is the opening order).
+#[derive(Default)]
+pub struct Shared {
+    /// The manager's registry and view, for the proxy.
+    pub manager: OnceLock<manager::ManagerHandle>,
 }
 
 /// One built-in service, as the binary knows it.
@@ -37,6 +50,10 @@ pub trait BuiltIn {
     const ENV: &'static [EnvOverride] = &[];
     /// Its probe in `portico check`, if it has one.
     const PROBE: Option<check::Probe> = None;
+    /// Services whose listeners mount this one too (`manager` goes with `admin`).
+    const MOUNT_WITH: &'static [&'static str] = &[];
+    /// Services that need this one opened (before them) even where it is not mounted.
+    const OPEN_WITH: &'static [&'static str] = &[];
     /// Its config section (every key defaulted).
     type Config: DeserializeOwned + Default + Clone + std::fmt::Debug;
 
@@ -87,6 +104,15 @@ macro_rules! services {
             all
         }
 
+        /// `(with, service)`: listeners that mount `with` also mount `service`.
+        pub fn mounted_with() -> Vec<(&'static str, &'static str)> {
+            let mut all = Vec::new();
+            $(for with in <$service as BuiltIn>::MOUNT_WITH {
+                all.push((*with, <$service as BuiltIn>::NAME));
+            })*
+            all
+        }
+
         /// `portico check`'s probes, by service name.
         pub fn probes() -> Vec<(&'static str, check::Probe)> {
             let mut all = Vec::new();
@@ -103,8 +129,9 @@ macro_rules! services {
             readiness: &Readiness,
         ) -> anyhow::Result<gateway::Services> {
             let mut services = gateway::Services::new();
+            let shared = Shared::default();
             $(if let Some(service) =
-                open_if_mounted::<$service>(&config.services.$name, config, data_dir, readiness).await?
+                open_if_wanted::<$service>(&config.services.$name, config, &shared, data_dir, readiness).await?
             {
                 services.insert(service);
             })*
@@ -117,6 +144,7 @@ services! {
     messages: messages::Messages,
     region: region::Region,
     fib: fib::Fib,
+    manager: manager::Manager,
 }
 
 fn take_section<S: BuiltIn>(table: &mut toml::Table) -> anyhow::Result<S::Config> {
@@ -129,16 +157,24 @@ fn take_section<S: BuiltIn>(table: &mut toml::Table) -> anyhow::Result<S::Config
     }
 }
 
-async fn open_if_mounted<S: BuiltIn>(
+async fn open_if_wanted<S: BuiltIn>(
     section: &S::Config,
     config: &Config,
+    shared: &Shared,
     data_dir: &DataDir,
     readiness: &Readiness,
 ) -> anyhow::Result<Option<Service>> {
-    if !mounted(config, S::NAME) {
+    let wanted = mounted(config, S::NAME)
+        || S::MOUNT_WITH
+            .iter()
+            .chain(S::OPEN_WITH)
+            .any(|with| mounted(config, with));
+    if !wanted {
         return Ok(None);
     }
     let context = Context {
+        config,
+        shared,
         data_dir,
         readiness,
         background: Background::new(S::NAME),
@@ -181,7 +217,10 @@ mod tests {
         let config = parse("[fib]\nlimit = 77\n[messages]\nkey_prefix = \"p:\"\n").unwrap();
         assert_eq!(config.services.fib.limit, 77);
         assert_eq!(config.services.messages.key_prefix, "p:");
-        assert_eq!(SERVICE_NAMES, &["admin", "messages", "region", "fib"]);
+        assert_eq!(
+            SERVICE_NAMES,
+            &["admin", "messages", "region", "fib", "manager"]
+        );
     }
 
     #[test]
