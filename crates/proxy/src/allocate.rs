@@ -80,8 +80,14 @@ async fn allocate(shared: &Shared, job: AllocJob) {
             tracing::info!(service, instance = %instance.id, agent = %instance.agent, addr = %instance.addr, ?took, reason = ?job.reason, "instance allocated");
             // Waiting requests look in the view: make it show the instance now.
             let refresh = shared.view.refresh_now();
-            if tokio::time::timeout(Duration::from_secs(2), refresh).await.is_err() {
-                tracing::debug!(service, "re-reading the registry after an allocation timed out");
+            if tokio::time::timeout(Duration::from_secs(2), refresh)
+                .await
+                .is_err()
+            {
+                tracing::debug!(
+                    service,
+                    "re-reading the registry after an allocation timed out"
+                );
             }
             None
         }
@@ -172,7 +178,12 @@ mod tests {
 
     #[test]
     fn else_the_least_loaded_agent_with_room() {
-        let agents = [agent("a", 3, 4), agent("b", 1, 8), agent("c", 1, 4), agent("me", 4, 4)];
+        let agents = [
+            agent("a", 3, 4),
+            agent("b", 1, 8),
+            agent("c", 1, 4),
+            agent("me", 4, 4),
+        ];
         assert_eq!(choose_agent(&agents, "me").unwrap().id, "b");
         assert_eq!(choose_agent(&agents, "elsewhere").unwrap().id, "b");
         // Equal shares: fewer instances, then the id.

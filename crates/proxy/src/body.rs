@@ -62,7 +62,7 @@ impl Body for OutBody {
         match self {
             OutBody::Empty => SizeHint::with_exact(0),
             OutBody::Stream(body) => body.size_hint(),
-            OutBody::Replay(reader) => reader.size_hint.clone(),
+            OutBody::Replay(reader) => reader.size_hint,
         }
     }
 }
@@ -112,7 +112,7 @@ impl Tape {
             shared: self.shared.clone(),
             next: 0,
             trailers_sent: false,
-            size_hint: self.size_hint.clone(),
+            size_hint: self.size_hint,
         })
     }
 }
@@ -167,7 +167,12 @@ impl TapeReader {
 impl Recording {
     /// Keeps `frame` on the tape (while under the buffer) for a reader at `next`, and passes
     /// it on.
-    fn keep(&mut self, frame: Frame<Bytes>, next: &mut usize, trailers_sent: &mut bool) -> Frame<Bytes> {
+    fn keep(
+        &mut self,
+        frame: Frame<Bytes>,
+        next: &mut usize,
+        trailers_sent: &mut bool,
+    ) -> Frame<Bytes> {
         let data = match frame.into_data() {
             Ok(data) => data,
             Err(frame) => {
@@ -194,7 +199,9 @@ impl Recording {
 
 fn lock(shared: &Mutex<Recording>) -> MutexGuard<'_, Recording> {
     // Every change is a single assignment or push: a panic cannot leave it half-written.
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

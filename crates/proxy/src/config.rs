@@ -45,9 +45,6 @@ pub struct ProxyConfig {
     /// Idle pooled connections older than this are closed, not reused.
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
-    /// The agent whose instances count as this proxy's own host (they win ties, and soft-limit
-    /// allocations go there first); default: the host name, the agents' default id.
-    pub local_agent: Option<String>,
     /// Overrides every service's `soft_latency` in this proxy (the legacy `portico proxy`
     /// sets it from conf.json's `Perf.SoftReq.RTT`).
     #[serde(with = "humantime_serde::option")]
@@ -66,7 +63,6 @@ impl Default for ProxyConfig {
             alloc_cooldown: DEFAULT_ALLOC_COOLDOWN,
             max_idle_per_instance: DEFAULT_MAX_IDLE_PER_INSTANCE,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
-            local_agent: None,
             soft_latency: None,
             hard_latency: None,
         }
@@ -82,6 +78,8 @@ pub struct Settings {
     pub alloc_cooldown: Duration,
     pub max_idle_per_instance: usize,
     pub pool_idle_timeout: Duration,
+    /// The agent whose instances are on this proxy's host: they win ties, and allocations
+    /// go there while it has room (`[manager] agent_id`).
     pub local_agent: String,
     pub soft_latency: Option<Duration>,
     pub hard_latency: Option<Duration>,
@@ -90,11 +88,11 @@ pub struct Settings {
 impl ProxyConfig {
     /// Every problem, each naming its key (`proxy.KEY`).
     pub fn validate(&self) -> Vec<String> {
-        self.settings().err().unwrap_or_default()
+        self.settings("").err().unwrap_or_default()
     }
 
-    /// The settings, or every problem.
-    pub fn settings(&self) -> Result<Settings, Vec<String>> {
+    /// The settings for a proxy on the host of agent `local_agent`, or every problem.
+    pub fn settings(&self, local_agent: &str) -> Result<Settings, Vec<String>> {
         let ProxyConfig {
             alloc_timeout,
             upstream_timeout,
@@ -102,7 +100,6 @@ impl ProxyConfig {
             alloc_cooldown,
             max_idle_per_instance,
             pool_idle_timeout,
-            local_agent,
             soft_latency,
             hard_latency,
         } = self;
@@ -117,7 +114,10 @@ impl ProxyConfig {
                 errors.push(format!("proxy.{key}: must be longer than zero"));
             }
         }
-        for (key, value) in [("soft_latency", soft_latency), ("hard_latency", hard_latency)] {
+        for (key, value) in [
+            ("soft_latency", soft_latency),
+            ("hard_latency", hard_latency),
+        ] {
             if value.is_some_and(|v| v.is_zero()) {
                 errors.push(format!("proxy.{key}: must be longer than zero"));
             }
@@ -131,9 +131,6 @@ impl ProxyConfig {
                 ));
             }
         }
-        if local_agent.as_deref().is_some_and(str::is_empty) {
-            errors.push("proxy.local_agent: must not be empty (omit it for the host name)".into());
-        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -144,20 +141,11 @@ impl ProxyConfig {
             alloc_cooldown: *alloc_cooldown,
             max_idle_per_instance: *max_idle_per_instance,
             pool_idle_timeout: *pool_idle_timeout,
-            local_agent: local_agent.clone().unwrap_or_else(host_name),
+            local_agent: local_agent.to_string(),
             soft_latency: *soft_latency,
             hard_latency: *hard_latency,
         })
     }
-}
-
-/// This host's name (the agents' default id), or `localhost` when it cannot be read.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_string())
 }
 
 #[cfg(test)]
@@ -167,25 +155,24 @@ mod tests {
     #[test]
     fn an_empty_section_takes_the_spec_defaults() {
         let config: ProxyConfig = toml::from_str("").unwrap();
-        let settings = config.settings().unwrap();
+        let settings = config.settings("host1").unwrap();
         assert_eq!(settings.alloc_timeout, Duration::from_secs(5));
         assert_eq!(settings.upstream_timeout, Duration::from_secs(30));
         assert_eq!(settings.alloc_cooldown, Duration::from_secs(5));
-        assert_eq!(settings.local_agent, host_name());
+        assert_eq!(settings.local_agent, "host1");
         assert_eq!(settings.soft_latency, None);
     }
 
     #[test]
     fn every_bad_key_is_named() {
         let text = "alloc_timeout = \"0s\"\nupstream_timeout = \"0s\"\nsoft_latency = \"2s\"\n\
-                    hard_latency = \"1s\"\nlocal_agent = \"\"\n";
+                    hard_latency = \"1s\"\n";
         let config: ProxyConfig = toml::from_str(text).unwrap();
         let errors = config.validate();
-        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].starts_with("proxy.alloc_timeout"));
         assert!(errors[1].starts_with("proxy.upstream_timeout"));
         assert!(errors[2].starts_with("proxy.soft_latency (2s)"));
-        assert!(errors[3].starts_with("proxy.local_agent"));
     }
 
     #[test]

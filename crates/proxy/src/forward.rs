@@ -115,10 +115,7 @@ fn rewrite_head(head: &mut http::request::Parts, path: http::uri::PathAndQuery, 
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip()),
-        tls: head
-            .extensions
-            .get::<ClientTls>()
-            .is_some_and(|tls| tls.0),
+        tls: head.extensions.get::<ClientTls>().is_some_and(|tls| tls.0),
         request_id: head.extensions.get::<RequestId>().map(|id| &id.0),
         authority: head.uri.authority(),
     };
@@ -423,7 +420,11 @@ impl<'a> Exchange<'a> {
     }
 
     /// The exchange broke after the request (or part of it) went out.
-    pub(crate) fn failed_after_sending(&mut self, mut picked: Picked, error: hyper::Error) -> Failed {
+    pub(crate) fn failed_after_sending(
+        &mut self,
+        mut picked: Picked,
+        error: hyper::Error,
+    ) -> Failed {
         let service = self.spec.name.clone();
         if let Some(too_large) = BodyTooLarge::find_in(&error) {
             picked.abandon();
@@ -465,7 +466,10 @@ impl<'a> Exchange<'a> {
     fn body_gone(&self) -> ProxyError {
         ProxyError::Upstream {
             service: self.spec.name.clone(),
-            addr: self.tried.last().map_or(([0, 0, 0, 0], 0).into(), |u| u.addr()),
+            addr: self
+                .tried
+                .last()
+                .map_or(([0, 0, 0, 0], 0).into(), |u| u.addr()),
             error: "the request body was already sent and cannot be sent again".into(),
         }
     }

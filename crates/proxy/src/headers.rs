@@ -220,10 +220,7 @@ mod tests {
         }
         assert_eq!(headers["host"], "api.example.com");
         assert_eq!(headers["x-forwarded-host"], "api.example.com");
-        assert_eq!(
-            headers["x-forwarded-for"],
-            "192.0.2.1, 192.0.2.2, 10.1.2.3"
-        );
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1, 192.0.2.2, 10.1.2.3");
         assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-request-id"], "gw-1");

@@ -357,7 +357,8 @@ mod tests {
         assert!(Arc::ptr_eq(&same.list[0], &a));
         drop(same);
         // b left, c came: a keeps its estimate.
-        let next: Arc<[Instance]> = Arc::from(vec![instance("a", "host1", 1), instance("c", "h2", 3)]);
+        let next: Arc<[Instance]> =
+            Arc::from(vec![instance("a", "host1", 1), instance("c", "h2", 3)]);
         let members = state.sync(&spec, &next, limits(), "host1");
         assert!(Arc::ptr_eq(&members.list[0], &a));
         assert_eq!(a.endpoint().measured_estimate(), Duration::from_millis(7));

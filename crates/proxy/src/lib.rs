@@ -53,7 +53,7 @@ use service::Background;
 use tokio::sync::mpsc;
 
 pub use body::RETRY_BUFFER;
-pub use config::{host_name, ProxyConfig, Settings};
+pub use config::{ProxyConfig, Settings};
 pub use error::ProxyError;
 pub use metrics::{
     ALLOCATIONS, ALLOCATION_SECONDS, EJECTIONS, ERRORS, RETRIES, UNKNOWN_SERVICE,
@@ -98,7 +98,10 @@ impl Proxy {
             epoch: std::time::Instant::now(),
         });
         background.spawn("proxy allocator", allocate::run(shared.clone(), job_queue));
-        background.spawn("proxy usage reports", report_usage(shared.view.clone(), used));
+        background.spawn(
+            "proxy usage reports",
+            report_usage(shared.view.clone(), used),
+        );
         background.spawn("proxy health probes", probe::run(shared.clone()));
         Proxy { shared }
     }
@@ -234,4 +237,3 @@ async fn report_usage(view: View, mut used: mpsc::Receiver<Used>) {
         }
     }
 }
-

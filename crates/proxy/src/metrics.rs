@@ -93,7 +93,10 @@ pub(crate) fn render(shared: &Shared, out: &mut String) {
     for upstream in &upstreams {
         let in_flight = upstream.endpoint().in_flight();
         let labels = instance_labels(upstream);
-        let _ = writeln!(out, "portico_proxy_instance_in_flight{{{labels}}} {in_flight}");
+        let _ = writeln!(
+            out,
+            "portico_proxy_instance_in_flight{{{labels}}} {in_flight}"
+        );
     }
 }
 

@@ -42,7 +42,10 @@ pub(crate) enum ConnectError {
     #[error("connecting to {addr}: no answer within {}", humantime::format_duration(*.after))]
     TimedOut { addr: SocketAddr, after: Duration },
     #[error("starting HTTP/1.1 with {addr}: {error}")]
-    Handshake { addr: SocketAddr, error: hyper::Error },
+    Handshake {
+        addr: SocketAddr,
+        error: hyper::Error,
+    },
 }
 
 struct Idle {
@@ -225,6 +228,8 @@ mod tests {
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let error = checkout(addr, SECOND, SECOND).await.unwrap_err();
-        assert!(error.to_string().starts_with(&format!("connecting to {addr}: ")));
+        assert!(error
+            .to_string()
+            .starts_with(&format!("connecting to {addr}: ")));
     }
 }

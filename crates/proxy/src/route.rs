@@ -28,8 +28,9 @@ pub(crate) fn target(uri: &Uri) -> Option<Target<'_>> {
     }
     let path = match uri.query() {
         None if rest == "/" => PathAndQuery::from_static("/"),
-        None => PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(rest.as_bytes()))
-            .ok()?,
+        None => {
+            PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(rest.as_bytes())).ok()?
+        }
         Some(query) => {
             let mut text = String::with_capacity(rest.len() + 1 + query.len());
             text.push_str(rest);

@@ -47,7 +47,11 @@ pub(crate) async fn attempt(
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             picked.failed();
-            return Err(Failed::Final(upstream_error(exchange, addr, describe(&error))));
+            return Err(Failed::Final(upstream_error(
+                exchange,
+                addr,
+                describe(&error),
+            )));
         }
         Err(_) => {
             picked.failed();
@@ -58,7 +62,12 @@ pub(crate) async fn attempt(
     exchange.shared().report_usage(&picked.upstream);
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut response);
-        spawn_tunnel(client, upstream, picked.upstream.instance.service.clone(), addr);
+        spawn_tunnel(
+            client,
+            upstream,
+            picked.upstream.instance.service.clone(),
+            addr,
+        );
     }
     Ok(respond(response, None, &picked.upstream, settings))
 }

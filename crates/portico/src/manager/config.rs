@@ -1,6 +1,6 @@
 //! `[manager]` and its `[[manager.service]]` entries: where the registry is, whether this
-//! process runs its host's agent and how, and the proxy's settings (read by the proxy
-//! service). Raw serde with defaults; `validate` reports every problem naming its key.
+//! process runs its host's agent and how (the proxy reads `agent_id`: its own host). The
+//! proxy's own settings are its section, `[proxy]` (`proxy::ProxyConfig`). Raw serde with defaults; `validate` reports every problem naming its key.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -14,9 +14,6 @@ pub const EMBEDDED: &str = "embedded";
 pub const DEFAULT_AGENT_LISTEN: &str = "127.0.0.1:8090";
 
 pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
-pub const DEFAULT_ALLOC_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_ALLOC_COOLDOWN: Duration = Duration::from_secs(5);
 
 /// The `[manager]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,15 +45,6 @@ pub struct ManagerConfig {
     /// Time between SIGTERM and SIGKILL.
     #[serde(with = "humantime_serde")]
     pub stop_timeout: Duration,
-    /// Proxy: longest wait for an instance of a cold service (then 503).
-    #[serde(with = "humantime_serde")]
-    pub alloc_timeout: Duration,
-    /// Proxy: longest wait for an instance's response head (then 504).
-    #[serde(with = "humantime_serde")]
-    pub upstream_timeout: Duration,
-    /// Proxy: pause after an allocation before asking for another for the same service.
-    #[serde(with = "humantime_serde")]
-    pub alloc_cooldown: Duration,
     /// `[[manager.service]]`: put into the catalog at start.
     #[serde(rename = "service")]
     pub services: Vec<ServiceSpec>,
@@ -75,9 +63,6 @@ impl Default for ManagerConfig {
             lease: agent::DEFAULT_LEASE,
             drain: agent::DEFAULT_DRAIN,
             stop_timeout: agent::DEFAULT_STOP_TIMEOUT,
-            alloc_timeout: DEFAULT_ALLOC_TIMEOUT,
-            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
-            alloc_cooldown: DEFAULT_ALLOC_COOLDOWN,
             services: Vec::new(),
         }
     }
@@ -130,9 +115,6 @@ impl ManagerConfig {
             lease,
             drain: _,
             stop_timeout,
-            alloc_timeout,
-            upstream_timeout,
-            alloc_cooldown: _,
             services,
         } = self;
         let mut problems = Vec::new();
@@ -143,8 +125,6 @@ impl ManagerConfig {
             ("registry_timeout", registry_timeout),
             ("lease", lease),
             ("stop_timeout", stop_timeout),
-            ("alloc_timeout", alloc_timeout),
-            ("upstream_timeout", upstream_timeout),
         ] {
             if value.is_zero() {
                 problems.push(format!("manager.{key}: must be more than 0s"));
@@ -230,9 +210,6 @@ mod tests {
         let config = ManagerConfig::default();
         assert!(config.is_embedded() && config.runs_agent());
         assert_eq!(config.advertise(), IpAddr::from([127, 0, 0, 1]));
-        assert_eq!(config.alloc_timeout, Duration::from_secs(5));
-        assert_eq!(config.upstream_timeout, Duration::from_secs(30));
-        assert_eq!(config.alloc_cooldown, Duration::from_secs(5));
         assert_eq!(config.lease, Duration::from_secs(10));
         assert_eq!(config.drain, Duration::from_secs(5));
         assert_eq!(config.stop_timeout, Duration::from_secs(10));

@@ -23,12 +23,9 @@ pub struct Manager;
 
 /// What the manager opened, for the proxy.
 #[derive(Clone)]
-// Read by the proxy service, opened after the manager (it lands with the proxy's branch).
-#[allow(dead_code)]
 pub struct ManagerHandle {
-    pub registry: AnyRegistry,
+    /// The registry's view (`view.registry()` is the registry).
     pub view: View,
-    pub config: ManagerConfig,
     /// This host's agent id (the proxy places new instances there when it has room).
     pub local_agent: String,
 }
@@ -77,9 +74,7 @@ impl BuiltIn for Manager {
             false => None,
         };
         let handle = ManagerHandle {
-            registry: registry.clone(),
             view,
-            config: config.clone(),
             local_agent: config.agent_id(),
         };
         let _ = context.shared.manager.set(handle);

@@ -9,6 +9,7 @@
 pub mod fib;
 pub mod manager;
 pub mod messages;
+pub mod proxy;
 pub mod region;
 
 use std::future::Future;
@@ -145,6 +146,7 @@ services! {
     region: region::Region,
     fib: fib::Fib,
     manager: manager::Manager,
+    proxy: proxy::ProxyService,
 }
 
 fn take_section<S: BuiltIn>(table: &mut toml::Table) -> anyhow::Result<S::Config> {
@@ -219,7 +221,7 @@ mod tests {
         assert_eq!(config.services.messages.key_prefix, "p:");
         assert_eq!(
             SERVICE_NAMES,
-            &["admin", "messages", "region", "fib", "manager"]
+            &["admin", "messages", "region", "fib", "manager", "proxy"]
         );
     }
 

@@ -13,7 +13,8 @@
 //! - any path: `200 {"server":ID,"port":PORT,"method":..,"path":..}` after the delay;
 //! - `GET /_health`: `200 ok` (after the delay, like any request);
 //! - `PUT /_delay` with a body such as `250ms`: sets the delay from now on; `GET /_delay`;
-//! - `GET /_stats`: `{"server":..,"port":..,"requests":N,"in_flight":N}` (control paths
+//! - `GET /_stats`: `{"server":..,"port":..,"requests":N,"in_flight":N,"bodies":N}`
+//!   (`bodies`: request bodies `/_echo` read to their end; control paths
 //!   `/_delay` and `/_stats` are neither delayed nor counted);
 //! - `/_echo...`: the request as JSON (method, path with query, headers, body as text);
 //! - `/_stream...`: the request body streamed back as the response body, unbuffered;
@@ -45,6 +46,8 @@ struct State {
     delay_micros: AtomicU64,
     requests: AtomicU64,
     in_flight: AtomicU64,
+    /// Request bodies read whole by `/_echo`.
+    bodies: AtomicU64,
 }
 
 fn main() {
@@ -97,6 +100,7 @@ async fn serve(port: u16, id: Option<String>, delay: Duration) -> std::io::Resul
         delay_micros: AtomicU64::new(delay.as_micros() as u64),
         requests: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
+        bodies: AtomicU64::new(0),
     });
     println!("portico-testserver {} listening on port {port}", state.id);
     loop {
@@ -141,7 +145,7 @@ async fn answer(state: Arc<State>, request: Request<Incoming>) -> Result<Respons
         return Ok(websocket(request));
     }
     if path.starts_with("/_echo") {
-        return Ok(echo(request).await);
+        return Ok(echo(&state, request).await);
     }
     if path.starts_with("/_stream") {
         return Ok(Response::new(request.into_body().boxed()));
@@ -205,14 +209,18 @@ fn stats(state: &State) -> Response<Body> {
         "port": state.port,
         "requests": state.requests.load(Ordering::Relaxed),
         "in_flight": state.in_flight.load(Ordering::Relaxed),
+        "bodies": state.bodies.load(Ordering::Relaxed),
     });
     json(StatusCode::OK, &body)
 }
 
-async fn echo(request: Request<Incoming>) -> Response<Body> {
+async fn echo(state: &State, request: Request<Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
+        Ok(collected) => {
+            state.bodies.fetch_add(1, Ordering::Relaxed);
+            collected.to_bytes()
+        }
         Err(error) => {
             return text(
                 StatusCode::BAD_REQUEST,
