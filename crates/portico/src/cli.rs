@@ -37,4 +37,6 @@ pub enum Command {
     Agent(crate::manager::agent_cmd::AgentArgs),
     /// The service catalog: list, add or remove services.
     Services(crate::manager::services_cmd::ServicesArgs),
+    /// The original proxy's entry point: PORT [SERVICE IP[:PORT]] (see `[proxy]`).
+    Proxy(crate::proxy_cmd::ProxyArgs),
 }

@@ -7,6 +7,7 @@ mod check_cmd;
 mod cli;
 mod config;
 mod manager;
+mod proxy_cmd;
 mod serve;
 mod wire;
 
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         cli::Command::FibBackend(args) => wire::fib::backend_main(args),
         cli::Command::Agent(args) => report(manager::agent_cmd::run(args)),
         cli::Command::Services(args) => report(manager::services_cmd::run(args)),
+        cli::Command::Proxy(args) => report(proxy_cmd::run(args)),
     }
 }
 

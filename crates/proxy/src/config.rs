@@ -2,6 +2,7 @@
 //! are the registry's catalog). Parsed as a raw serde struct with defaults, then validated
 //! into [`Settings`] with every problem named by its key.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -52,6 +53,21 @@ pub struct ProxyConfig {
     /// Overrides every service's `hard_latency` in this proxy (`Perf.HardReq.RTT`).
     #[serde(with = "humantime_serde::option")]
     pub hard_latency: Option<Duration>,
+    /// `[[proxy.register]]`: instances started by something else that this process
+    /// registers for as long as it runs (the legacy `portico proxy PORT SERVICE IP` server
+    /// mode).
+    pub register: Vec<External>,
+}
+
+/// An instance this process registers for another program (see [`ProxyConfig::register`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct External {
+    /// The catalog service it is an instance of (added to the catalog when missing, with no
+    /// command of its own).
+    pub service: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
 }
 
 impl Default for ProxyConfig {
@@ -65,6 +81,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             soft_latency: None,
             hard_latency: None,
+            register: Vec::new(),
         }
     }
 }
@@ -83,7 +100,13 @@ pub struct Settings {
     pub local_agent: String,
     pub soft_latency: Option<Duration>,
     pub hard_latency: Option<Duration>,
+    pub register: Vec<External>,
+    /// Lease of the registered instances, renewed every third (the manager's `lease`).
+    pub register_lease: Duration,
 }
+
+/// The manager's default lease, for registered instances unless the caller sets another.
+const DEFAULT_REGISTER_LEASE: Duration = Duration::from_secs(10);
 
 impl ProxyConfig {
     /// Every problem, each naming its key (`proxy.KEY`).
@@ -102,6 +125,7 @@ impl ProxyConfig {
             pool_idle_timeout,
             soft_latency,
             hard_latency,
+            register,
         } = self;
         let mut errors = Vec::new();
         for (key, value) in [
@@ -131,6 +155,20 @@ impl ProxyConfig {
                 ));
             }
         }
+        for (index, external) in register.iter().enumerate() {
+            if !registry::is_dns_label(&external.service) {
+                errors.push(format!(
+                    "proxy.register[{index}].service {:?}: must be a lowercase DNS label",
+                    external.service
+                ));
+            }
+            if external.addr.ip().is_unspecified() || external.addr.port() == 0 {
+                errors.push(format!(
+                    "proxy.register[{index}].addr {}: must be an address proxies can reach",
+                    external.addr
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -144,6 +182,8 @@ impl ProxyConfig {
             local_agent: local_agent.to_string(),
             soft_latency: *soft_latency,
             hard_latency: *hard_latency,
+            register: register.clone(),
+            register_lease: DEFAULT_REGISTER_LEASE,
         })
     }
 }
@@ -173,6 +213,18 @@ mod tests {
         assert!(errors[0].starts_with("proxy.alloc_timeout"));
         assert!(errors[1].starts_with("proxy.upstream_timeout"));
         assert!(errors[2].starts_with("proxy.soft_latency (2s)"));
+    }
+
+    #[test]
+    fn registered_instances_name_their_service_and_a_reachable_address() {
+        let text = "[[register]]\nservice = \"hello-world\"\naddr = \"10.0.0.5:8080\"\n\
+                    [[register]]\nservice = \"Bad\"\naddr = \"0.0.0.0:0\"\n";
+        let config: ProxyConfig = toml::from_str(text).unwrap();
+        let errors = config.validate();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("proxy.register[1].service"));
+        assert!(errors[1].starts_with("proxy.register[1].addr"));
+        assert_eq!(config.register[0].addr.to_string(), "10.0.0.5:8080");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - `body`: the request body streamed out, with 64 KiB kept for a retry;
 //! - `upgrade`: WebSocket pass-through;
 //! - `probe`: health probes that bring ejected instances back;
+//! - `external`: instances of other programs this process registers (legacy server mode);
 //! - `metrics`: what the proxy counts, and its scrape-time series.
 //!
 //! The proxy reads the registry through a `registry::View` (local, lock-free, kept through a
@@ -29,6 +30,7 @@ mod allocate;
 mod body;
 mod config;
 mod error;
+mod external;
 mod forward;
 mod headers;
 mod instances;
@@ -53,7 +55,7 @@ use service::Background;
 use tokio::sync::mpsc;
 
 pub use body::RETRY_BUFFER;
-pub use config::{ProxyConfig, Settings};
+pub use config::{External, ProxyConfig, Settings};
 pub use error::ProxyError;
 pub use metrics::{
     ALLOCATIONS, ALLOCATION_SECONDS, EJECTIONS, ERRORS, RETRIES, UNKNOWN_SERVICE,
@@ -103,6 +105,14 @@ impl Proxy {
             report_usage(shared.view.clone(), used),
         );
         background.spawn("proxy health probes", probe::run(shared.clone()));
+        let settings = &shared.settings;
+        if !settings.register.is_empty() {
+            let (view, externals) = (shared.view.clone(), settings.register.clone());
+            let (agent, lease) = (settings.local_agent.clone(), settings.register_lease);
+            background.spawn_with_token("proxy registered instances", move |stop| {
+                external::keep_registered(view, externals, agent, lease, stop)
+            });
+        }
         Proxy { shared }
     }
 

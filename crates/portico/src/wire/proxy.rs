@@ -25,9 +25,10 @@ impl BuiltIn for ProxyService {
             .manager
             .get()
             .context("the manager (opened with the proxy) is not open")?;
-        let settings = config
+        let mut settings = config
             .settings(&manager.local_agent)
             .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
+        settings.register_lease = context.config.services.manager.lease;
         let proxy = proxy::Proxy::start(settings, manager.view.clone(), &context.background);
         let metrics = proxy.clone();
         Ok(Service::new(Self::NAME, proxy.router())
