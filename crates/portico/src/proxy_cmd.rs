@@ -201,7 +201,10 @@ mod tests {
         assert_eq!(register[0].service, "hello-world-server");
         assert_eq!(register[0].addr.to_string(), "10.11.17.10:8080");
         let config = config_with_registry();
-        assert_eq!(config.services.proxy.register[0].addr.to_string(), "10.0.0.9:9000");
+        assert_eq!(
+            config.services.proxy.register[0].addr.to_string(),
+            "10.0.0.9:9000"
+        );
         assert_eq!(config.services.manager.registry, "redis://127.0.0.1:6379/0");
         assert!(!config.services.manager.runs_agent());
         assert!(Cli::try_parse_from(["proxy", "1234", "only-a-service"]).is_err());

@@ -678,6 +678,51 @@ async fn a_get_is_retried_on_another_instance_and_a_post_never_is() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_failure_is_retried_on_another_instance_even_for_a_post() {
+    // An instance registered at a port nothing listens on, beside a live one.
+    let dead = testkit::free_port().expect("port");
+    let extra = format!(
+        "{}[[proxy.register]]\nservice = \"hello\"\naddr = \"127.0.0.1:{dead}\"\n",
+        service("hello", "min = 1")
+    );
+    let server = start(&extra).await;
+    let live = until_ready(&server, "hello", 2)
+        .await
+        .into_iter()
+        .find(|i| i["agent"] == "test-host")
+        .expect("the agent's instance");
+    // Slower than the unmeasured one's neutral estimate, so the dead one is picked first.
+    let client = client();
+    let slow = client
+        .put(format!("http://{}/_delay", addr_of(&live)))
+        .body("150ms")
+        .send()
+        .await
+        .expect("PUT delay");
+    assert_eq!(slow.status(), 200);
+    for n in 0..5 {
+        let answer = client
+            .post(server.url(&format!("/hello/_echo?n={n}")))
+            .body("once")
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
+    }
+    let retries = "portico_proxy_retries_total{service=\"hello\",reason=\"connect\"}";
+    assert!(
+        metric(&server, retries).await >= Some(3.0),
+        "the dead one was tried"
+    );
+    let ejections = "portico_proxy_ejections_total{service=\"hello\"}";
+    assert_eq!(
+        metric(&server, ejections).await,
+        Some(1.0),
+        "3 failures eject it"
+    );
+}
+
 // ---------------------------------------------------------------------------------- errors
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

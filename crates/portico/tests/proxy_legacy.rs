@@ -93,11 +93,21 @@ async fn a_server_mode_proxy_registers_its_instance_and_a_client_mode_proxy_find
     assert!(said.contains("soft limit 50ms, hard limit 2s"), "{said}");
     assert!(said.contains("Bootstraps (1 in"), "{said}");
     assert!(said.contains("are not used"), "{said}");
-    assert_eq!(server_mode.addr().to_string(), format!("127.0.0.1:{server_port}"));
+    assert_eq!(
+        server_mode.addr().to_string(),
+        format!("127.0.0.1:{server_port}")
+    );
 
     let client_port = testkit::free_port().expect("port").to_string();
     let client_config = config_file(temp.path(), "client-host", &prefix);
-    let client_mode = legacy(&[&client_port, "--registry", &registry, "--config", &client_config]).await;
+    let client_mode = legacy(&[
+        &client_port,
+        "--registry",
+        &registry,
+        "--config",
+        &client_config,
+    ])
+    .await;
 
     // Found through the registry (the view fills within its 2 s re-read).
     let url = format!("http://127.0.0.1:{client_port}/hello-world-server/hello");
@@ -114,7 +124,10 @@ async fn a_server_mode_proxy_registers_its_instance_and_a_client_mode_proxy_find
     assert_eq!(body["path"], "/hello");
 
     // The server-mode proxy stops: its registration goes with it; nobody can start another.
-    let status = server_mode.terminate(Duration::from_secs(15)).await.expect("stops");
+    let status = server_mode
+        .terminate(Duration::from_secs(15))
+        .await
+        .expect("stops");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

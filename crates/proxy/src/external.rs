@@ -52,8 +52,12 @@ pub(crate) async fn keep_registered(
             .remove_instance(&instance.service, &instance.id)
             .await;
         match removed {
-            Ok(()) => tracing::info!(service = %instance.service, addr = %instance.addr, "registered instance removed"),
-            Err(error) => tracing::warn!(service = %instance.service, %error, "removing a registered instance; its lease will run out"),
+            Ok(()) => {
+                tracing::info!(service = %instance.service, addr = %instance.addr, "registered instance removed")
+            }
+            Err(error) => {
+                tracing::warn!(service = %instance.service, %error, "removing a registered instance; its lease will run out")
+            }
         }
     }
 }
@@ -78,8 +82,12 @@ async fn register(view: &View, instance: &Instance, lease: Duration) {
         }
     }
     match registry.put_instance(instance, lease).await {
-        Ok(()) => tracing::debug!(service = %instance.service, addr = %instance.addr, "registered instance renewed"),
-        Err(error) => tracing::warn!(service = %instance.service, addr = %instance.addr, %error, "registering an instance; retrying"),
+        Ok(()) => {
+            tracing::debug!(service = %instance.service, addr = %instance.addr, "registered instance renewed")
+        }
+        Err(error) => {
+            tracing::warn!(service = %instance.service, addr = %instance.addr, %error, "registering an instance; retrying")
+        }
     }
 }
 

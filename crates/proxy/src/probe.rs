@@ -1,7 +1,8 @@
 //! The way back for an ejected instance: once its backoff has passed, a health probe (`GET`
 //! the service's `health` path on a connection of its own) decides. An answer below 500
 //! within `hard_latency` puts it back in rotation with a fresh estimate; anything else
-//! ejects it again for twice as long (`balance::Health`).
+//! ejects it again for twice as long (`balance::Health`). The probe's answer time is the
+//! instance's first latency sample after it (`balance::Endpoint::probe_succeeded`).
 //!
 //! The prober is a task of the proxy's `Background` (main runtime) that looks once a second.
 //! On the way it brings every service's members up to date with the view (so an instance that
@@ -65,7 +66,7 @@ fn due(shared: &Shared) -> Vec<(Arc<Upstream>, String, Duration)> {
 async fn probe(shared: Arc<Shared>, upstream: Arc<Upstream>, path: String, limit: Duration) {
     let outcome = check(&shared, &upstream, &path, limit).await;
     let transition = match &outcome {
-        Ok(()) => upstream.endpoint().probe_succeeded(),
+        Ok(latency) => upstream.endpoint().probe_succeeded(*latency, now()),
         Err(reason) => {
             tracing::debug!(service = %upstream.instance.service, instance = %upstream.instance.id, reason, "probe failed");
             upstream.endpoint().probe_failed(now())
@@ -75,13 +76,13 @@ async fn probe(shared: Arc<Shared>, upstream: Arc<Upstream>, path: String, limit
     upstream.probing.store(false, Ordering::Relaxed);
 }
 
-/// `GET path` answered below 500 within `limit`, or why not.
+/// How long `GET path` took to answer below 500 (within `limit`), or why it did not.
 async fn check(
     shared: &Shared,
     upstream: &Upstream,
     path: &str,
     limit: Duration,
-) -> Result<(), String> {
+) -> Result<Duration, String> {
     let addr = upstream.addr();
     let settings = &shared.settings;
     let mut sender = pool::connect(addr, settings.connect_timeout, false)
@@ -92,9 +93,10 @@ async fn check(
         .header(header::HOST, host)
         .body(OutBody::Empty)
         .map_err(|error| format!("health path {path:?}: {error}"))?;
+    let sent = tokio::time::Instant::now();
     let answer = tokio::time::timeout(limit, sender.send_request(request)).await;
     match answer {
-        Ok(Ok(response)) if response.status().as_u16() < 500 => Ok(()),
+        Ok(Ok(response)) if response.status().as_u16() < 500 => Ok(sent.elapsed()),
         Ok(Ok(response)) => Err(format!("{path} answered {}", response.status())),
         Ok(Err(error)) => Err(format!("{path}: {error}")),
         Err(_) => Err(format!(
