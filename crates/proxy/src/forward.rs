@@ -245,8 +245,13 @@ impl<'a> Exchange<'a> {
     /// An instance for the next attempt: `None` when every instance was tried. The first
     /// attempt waits for one when there is none (cold start) and applies the soft limit.
     async fn pick(&mut self, first: bool) -> Result<Option<Picked>, ProxyError> {
+        let mut waited = false;
         loop {
-            let spec = self.current_spec()?;
+            // The catalog entry read for this request, unless time passed since.
+            let spec = match first && !waited {
+                true => self.spec.clone(),
+                false => self.current_spec()?,
+            };
             let limits = self.shared.limits(&spec);
             let found = {
                 let members = self.shared.members(self.service, &spec, limits);
@@ -262,6 +267,7 @@ impl<'a> Exchange<'a> {
                 return Ok(None);
             }
             self.wait_for_instance(&spec, limits).await?;
+            waited = true;
         }
     }
 
@@ -357,8 +363,10 @@ impl<'a> Exchange<'a> {
             let sending = sender.try_send_request(request);
             let error = match tokio::time::timeout(settings.upstream_timeout, sending).await {
                 Ok(Ok(response)) => {
-                    picked.succeeded(sent_at.elapsed());
-                    self.shared.report_usage(&picked.upstream);
+                    let answered = Instant::now();
+                    picked.succeeded(answered - sent_at, answered.into_std());
+                    self.shared
+                        .report_usage(&picked.upstream, answered.into_std());
                     let lease = Lease { addr, sender };
                     return Ok(respond(response, Some(lease), &picked.upstream, settings));
                 }

@@ -65,9 +65,17 @@ impl Upstream {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A request was answered (head received) `latency` after it was sent.
-    pub fn succeeded(&self, latency: Duration, now: Instant) {
-        let transition = self.endpoint().succeeded(latency, now);
+    /// A request was answered (head received) `latency` after it was sent; with `end`, it
+    /// is no longer in flight either (one lock for both).
+    pub fn succeeded(&self, latency: Duration, now: Instant, end: bool) {
+        let transition = {
+            let mut endpoint = self.endpoint();
+            let transition = endpoint.succeeded(latency, now);
+            if end {
+                endpoint.end(now);
+            }
+            transition
+        };
         self.transition(transition, "over hard_latency");
     }
 
@@ -242,19 +250,27 @@ pub(crate) struct Pick {
     pub best: Option<Duration>,
 }
 
+thread_local! {
+    /// The candidates of this worker's current pick (reused: no allocation per request).
+    static CANDIDATES: std::cell::RefCell<Vec<Candidate>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Members {
     /// Picks one member not in `tried` at `now` and counts the request in flight to it;
     /// `None` when every member was tried (or there is none).
     pub fn pick(&self, tried: &[Arc<Upstream>], now: Instant) -> Option<Pick> {
         let untried = |u: &&Arc<Upstream>| !tried.iter().any(|t| Arc::ptr_eq(t, u));
-        let mut candidates: Vec<Candidate> = Vec::with_capacity(self.list.len());
-        for (index, upstream) in self.list.iter().enumerate().filter(|(_, u)| untried(u)) {
-            candidates.push(upstream.endpoint().candidate(index, upstream.local, now));
-        }
-        let best = balance::best_estimate(&candidates);
-        let mut random = |bound: usize| rand::random::<u32>() as usize % bound.max(1);
-        let chosen = balance::pick(&candidates, &mut random)?;
-        let upstream = self.list[candidates[chosen].id].clone();
+        let (chosen, best) = CANDIDATES.with_borrow_mut(|candidates| {
+            candidates.clear();
+            for (index, upstream) in self.list.iter().enumerate().filter(|(_, u)| untried(u)) {
+                candidates.push(upstream.endpoint().candidate(index, upstream.local, now));
+            }
+            let best = balance::best_estimate(candidates);
+            let mut random = |bound: usize| rand::random::<u32>() as usize % bound.max(1);
+            let chosen = balance::pick(candidates, &mut random).map(|i| candidates[i].id);
+            (chosen, best)
+        });
+        let upstream = self.list[chosen?].clone();
         upstream.endpoint().start();
         Some(Pick {
             picked: Picked {
@@ -274,12 +290,11 @@ pub(crate) struct Picked {
 }
 
 impl Picked {
-    /// The response head arrived `latency` after the request was sent; the request is no
-    /// longer in flight (streamed bodies count to their head, as in tower and Linkerd).
-    pub fn succeeded(&mut self, latency: Duration) {
-        let now = now();
-        self.upstream.succeeded(latency, now);
-        self.end(now);
+    /// The response head arrived at `now`, `latency` after the request was sent; the request
+    /// is no longer in flight (streamed bodies count to their head, as in tower and Linkerd).
+    pub fn succeeded(&mut self, latency: Duration, now: Instant) {
+        let end = !std::mem::replace(&mut self.ended, true);
+        self.upstream.succeeded(latency, now, end);
     }
 
     /// The request failed at the instance.
@@ -349,7 +364,7 @@ mod tests {
         let members = state.sync(&spec, &ready, limits(), "host1");
         assert_eq!(members.list.len(), 2);
         assert!(members.list[0].local && !members.list[1].local);
-        members.list[0].succeeded(Duration::from_millis(7), now());
+        members.list[0].succeeded(Duration::from_millis(7), now(), false);
         let a = members.list[0].clone();
         drop(members);
         // The same list again: nothing rebuilt.

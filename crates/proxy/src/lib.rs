@@ -222,9 +222,10 @@ impl Shared {
         }
     }
 
-    /// `upstream` served a request: reported to the registry at most once a second.
-    pub fn report_usage(&self, upstream: &Upstream) {
-        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+    /// `upstream` served a request at `now`: reported to the registry at most once a second.
+    pub fn report_usage(&self, upstream: &Upstream, now: std::time::Instant) {
+        let since = now.saturating_duration_since(self.epoch);
+        let now_ms = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         if upstream.usage_due(now_ms) {
             let used = Used {
                 service: upstream.instance.service.clone(),

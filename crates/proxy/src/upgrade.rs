@@ -58,8 +58,11 @@ pub(crate) async fn attempt(
             return Err(Failed::Final(exchange.timed_out(addr)));
         }
     };
-    picked.succeeded(sent_at.elapsed());
-    exchange.shared().report_usage(&picked.upstream);
+    let answered = Instant::now();
+    picked.succeeded(answered - sent_at, answered.into_std());
+    exchange
+        .shared()
+        .report_usage(&picked.upstream, answered.into_std());
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream = hyper::upgrade::on(&mut response);
         spawn_tunnel(
