@@ -195,6 +195,8 @@ pub(crate) struct Exchange<'a> {
     deadline: Instant,
     /// Instances this request failed on.
     tried: Vec<Arc<Upstream>>,
+    /// Instances not tried yet besides the one of the current attempt.
+    alternatives: usize,
     retried_after_send: bool,
 }
 
@@ -219,6 +221,7 @@ impl<'a> Exchange<'a> {
             client_upgrade: None,
             deadline: started + shared.settings.alloc_timeout,
             tried: Vec::new(),
+            alternatives: 0,
             retried_after_send: false,
         }
     }
@@ -261,6 +264,7 @@ impl<'a> Exchange<'a> {
                 if first && !limits_met(pick.best, limits) {
                     self.ask_for_more(&spec, limits, pick.best, AllocReason::SoftLimit);
                 }
+                self.alternatives = pick.alternatives;
                 return Ok(Some(pick.picked));
             }
             if !first {
@@ -412,8 +416,14 @@ impl<'a> Exchange<'a> {
         self.plan.give_back(body);
     }
 
+    /// Whether a failure after sending could still be retried: then each attempt keeps a
+    /// copy of the request head (with a single instance there is nowhere to retry, and no
+    /// copy is made).
     fn may_retry_after_sending(&self) -> bool {
-        self.idempotent && !self.retried_after_send && self.plan.replayable()
+        self.idempotent
+            && !self.retried_after_send
+            && self.alternatives > 0
+            && self.plan.replayable()
     }
 
     /// The connection to `picked`'s instance failed: counts against it, retry elsewhere.

@@ -26,18 +26,17 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The hop-by-hop headers besides `Connection` and the ones it names.
-fn fixed_hop_by_hop() -> [&'static HeaderName; 8] {
-    [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-    ]
+/// Whether `name` is a hop-by-hop header other than `Connection` and the ones it names.
+fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+    // Standard names compare as small enums: cheaper than hashing each into a lookup.
+    name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// What the proxy knows of the client's request, for the forwarding headers.
@@ -107,9 +106,22 @@ pub(crate) fn response_headers(headers: &mut HeaderMap, switching: bool) {
     }
 }
 
-/// Removes `Connection`, the headers it names and the fixed hop-by-hop ones.
+/// Removes `Connection`, the headers it names and the fixed hop-by-hop ones (one pass over
+/// the few headers a request has; most have none of these).
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    let mut connection = false;
+    let mut fixed: Option<Vec<HeaderName>> = None;
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if is_fixed_hop_by_hop(name) {
+            fixed.get_or_insert_with(Vec::new).push(name.clone());
+        }
+    }
+    for name in fixed.into_iter().flatten() {
+        headers.remove(name);
+    }
+    if connection {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -118,12 +130,6 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             .collect();
         headers.remove(header::CONNECTION);
         for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in fixed_hop_by_hop() {
-        // Most requests have none of these: a lookup is cheaper than a removal.
-        if headers.contains_key(name) {
             headers.remove(name);
         }
     }
@@ -150,6 +156,10 @@ fn tokens(value: &HeaderValue) -> Vec<String> {
 
 /// `X-Forwarded-For: <what the client sent>, <client ip>` (the header's lines joined).
 fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(X_FORWARDED_FOR.clone(), ip_value(ip));
+        return;
+    }
     let mut text = String::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(part) = value.to_str() {
@@ -162,6 +172,16 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
     if let Ok(value) = HeaderValue::try_from(text) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
+}
+
+/// An address as a header value, formatted on the stack (one allocation, the value's).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write as _;
+    let mut buffer = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    HeaderValue::from_bytes(&buffer[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]
@@ -236,6 +256,8 @@ mod tests {
         assert_eq!(headers["host"], "localhost:8443");
         assert_eq!(headers["x-forwarded-host"], "localhost:8443");
         assert_eq!(headers["x-forwarded-for"], "10.1.2.3");
+        let v6 = "2001:db8:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+        assert_eq!(ip_value(v6), "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff");
     }
 
     #[test]

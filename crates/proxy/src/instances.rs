@@ -248,6 +248,8 @@ pub(crate) struct Pick {
     /// The best estimate among the members in rotation (`None`: all ejected), for the soft
     /// limit.
     pub best: Option<Duration>,
+    /// Members not tried yet besides the one picked (a retry has somewhere to go).
+    pub alternatives: usize,
 }
 
 thread_local! {
@@ -260,7 +262,7 @@ impl Members {
     /// `None` when every member was tried (or there is none).
     pub fn pick(&self, tried: &[Arc<Upstream>], now: Instant) -> Option<Pick> {
         let untried = |u: &&Arc<Upstream>| !tried.iter().any(|t| Arc::ptr_eq(t, u));
-        let (chosen, best) = CANDIDATES.with_borrow_mut(|candidates| {
+        let (chosen, best, alternatives) = CANDIDATES.with_borrow_mut(|candidates| {
             candidates.clear();
             for (index, upstream) in self.list.iter().enumerate().filter(|(_, u)| untried(u)) {
                 candidates.push(upstream.endpoint().candidate(index, upstream.local, now));
@@ -268,7 +270,7 @@ impl Members {
             let best = balance::best_estimate(candidates);
             let mut random = |bound: usize| rand::random::<u32>() as usize % bound.max(1);
             let chosen = balance::pick(candidates, &mut random).map(|i| candidates[i].id);
-            (chosen, best)
+            (chosen, best, candidates.len().saturating_sub(1))
         });
         let upstream = self.list[chosen?].clone();
         upstream.endpoint().start();
@@ -278,6 +280,7 @@ impl Members {
                 ended: false,
             },
             best,
+            alternatives,
         })
     }
 }
