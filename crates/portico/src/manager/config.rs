@@ -287,7 +287,9 @@ mod tests {
     #[test]
     fn the_example_service_entry_documents_the_defaults() {
         let example = include_str!("../../../../portico.example.toml");
-        let start = example.find("# [[manager.service]]").expect("the documented entry");
+        let start = example
+            .find("# [[manager.service]]")
+            .expect("the documented entry");
         let entry: String = example[start..]
             .lines()
             .filter(|line| !line.starts_with("# #"))
@@ -300,7 +302,11 @@ mod tests {
         defaults.command = spec.command.clone();
         defaults.env = spec.env.clone();
         assert_eq!(spec, &defaults, "every value in the example is the default");
-        assert!(config.validate(&[]).is_empty(), "{:?}", config.validate(&[]));
+        assert!(
+            config.validate(&[]).is_empty(),
+            "{:?}",
+            config.validate(&[])
+        );
     }
 
     #[test]
