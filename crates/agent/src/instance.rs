@@ -160,7 +160,7 @@ impl Life {
                 let reason = self
                     .exit_reason(&mut running, status, "before answering its health check")
                     .await;
-                self.forget(&running).await;
+                self.forget().await;
                 return self
                     .report(Report::FailedToStart {
                         slot: self.slot,
@@ -179,7 +179,7 @@ impl Life {
                     humantime::format_duration(self.spec.start_timeout),
                     format_lines(&lines, &self.log_name())
                 );
-                self.forget(&running).await;
+                self.forget().await;
                 return self
                     .report(Report::FailedToStart {
                         slot: self.slot,
@@ -189,7 +189,7 @@ impl Life {
             }
             Start::Stopped => {
                 self.terminate(&mut running).await;
-                self.forget(&running).await;
+                self.forget().await;
                 return self.report(Report::Stopped { slot: self.slot }).await;
             }
         }
@@ -299,7 +299,7 @@ impl Life {
                     running.group.reap();
                     let reason = self.exit_reason(&mut running, status, "while ready").await;
                     tracing::warn!(%reason, "instance exited");
-                    self.forget(&running).await;
+                    self.forget().await;
                     let uptime = ready_at.elapsed();
                     return self.report(Report::Crashed { slot: self.slot, reason, uptime }).await;
                 }
@@ -308,7 +308,7 @@ impl Life {
             }
         }
         self.drain_and_stop(&mut running).await;
-        self.forget(&running).await;
+        self.forget().await;
         self.report(Report::Stopped { slot: self.slot }).await;
     }
 
@@ -384,7 +384,7 @@ impl Life {
     }
 
     /// Deregisters the instance and deletes its pid record: the process is gone.
-    async fn forget(&self, _running: &Running) {
+    async fn forget(&self) {
         self.deregister().await;
         let pids = self.context.pids.clone();
         let id = self.instance.id.clone();

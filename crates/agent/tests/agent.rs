@@ -618,7 +618,12 @@ async fn the_specs_python_example_starts_and_answers() {
     );
     spec.start_timeout = Duration::from_secs(10);
     let harness = harness_with(test_config(), &[spec]).await;
+    let started = Instant::now();
     let instance = harness.allocate_ready("hello").await;
+    eprintln!(
+        "python3 -m http.server: allocation to ready in {:?}",
+        started.elapsed()
+    );
     let answer = reqwest::get(format!("http://{}/", instance.addr))
         .await
         .unwrap();

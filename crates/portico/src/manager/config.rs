@@ -262,6 +262,31 @@ mod tests {
     }
 
     #[test]
+    fn the_example_service_entry_documents_the_defaults() {
+        let example = include_str!("../../../../portico.example.toml");
+        let start = example
+            .find("# [[manager.service]]")
+            .expect("the documented entry");
+        let entry: String = example[start..]
+            .lines()
+            .filter(|line| !line.starts_with("# #"))
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let config = parse(&format!("[manager]\n{entry}"));
+        let spec = &config.services[0];
+        let mut defaults = ServiceSpec::new("hello", &[]);
+        defaults.command = spec.command.clone();
+        defaults.env = spec.env.clone();
+        assert_eq!(spec, &defaults, "every value in the example is the default");
+        assert!(
+            config.validate(&[]).is_empty(),
+            "{:?}",
+            config.validate(&[])
+        );
+    }
+
+    #[test]
     fn an_agent_on_redis_needs_an_address_to_advertise() {
         let config = parse("[manager]\nregistry = \"redis://r:6379/0\"\nagent = true\n");
         let problems = config.validate(&[]);
