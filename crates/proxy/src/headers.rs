@@ -256,7 +256,9 @@ mod tests {
         assert_eq!(headers["host"], "localhost:8443");
         assert_eq!(headers["x-forwarded-host"], "localhost:8443");
         assert_eq!(headers["x-forwarded-for"], "10.1.2.3");
-        let v6 = "2001:db8:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+        let v6 = "2001:db8:ffff:ffff:ffff:ffff:255.255.255.255"
+            .parse()
+            .unwrap();
         assert_eq!(ip_value(v6), "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff");
     }
 

@@ -36,3 +36,18 @@ impl BuiltIn for ProxyService {
             .with_metrics(move |out| metrics.render_metrics(out)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_proxy_section_documents_the_defaults() {
+        let example = include_str!("../../../../portico.example.toml");
+        let table: toml::Table = toml::from_str(example).expect("the example parses");
+        let section = table["proxy"].clone();
+        let documented: proxy::ProxyConfig = section.try_into().expect("[proxy] parses");
+        let defaults = proxy::ProxyConfig::default();
+        assert_eq!(format!("{documented:?}"), format!("{defaults:?}"));
+        let keys = table["proxy"].as_table().expect("a table").len();
+        assert_eq!(keys, 6, "every key with a default is written out");
+    }
+}
