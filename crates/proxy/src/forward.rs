@@ -562,7 +562,8 @@ pub(crate) fn respond(
     headers::response_headers(&mut parts.headers, switching);
     let body = if http_body::Body::is_end_stream(&body) {
         if let Some(lease) = lease {
-            pool::give_back(lease.addr, lease.sender, settings.max_idle_per_instance);
+            let (max, idle) = (settings.max_idle_per_instance, settings.pool_idle_timeout);
+            pool::give_back(lease.addr, lease.sender, max, idle);
         }
         Body::empty()
     } else {
@@ -570,6 +571,7 @@ pub(crate) fn respond(
             inner: body,
             lease,
             max_idle: settings.max_idle_per_instance,
+            idle_timeout: settings.pool_idle_timeout,
             upstream: upstream.clone(),
             ended: false,
         })
@@ -583,6 +585,7 @@ struct ResponseBody {
     inner: Incoming,
     lease: Option<Lease>,
     max_idle: usize,
+    idle_timeout: Duration,
     upstream: Arc<Upstream>,
     ended: bool,
 }
@@ -623,7 +626,7 @@ impl Drop for ResponseBody {
             return; // cut short: hyper closes that connection
         }
         if let Some(lease) = self.lease.take() {
-            pool::give_back(lease.addr, lease.sender, self.max_idle);
+            pool::give_back(lease.addr, lease.sender, self.max_idle, self.idle_timeout);
         }
     }
 }

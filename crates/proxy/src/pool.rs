@@ -53,8 +53,15 @@ struct Idle {
     since: Instant,
 }
 
+/// One worker's idle connections, and when they were last swept.
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<SocketAddr, Vec<Idle>>,
+    swept: Option<Instant>,
+}
+
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
 /// A connection to `addr` for one request: an idle pooled one when there is a usable one
@@ -77,17 +84,23 @@ pub(crate) async fn checkout(
     Ok((connect(addr, connect_timeout, false).await?, false))
 }
 
-/// Gives `sender` back after its response ended (closed connections are dropped).
-pub(crate) fn give_back(addr: SocketAddr, sender: Sender, max_idle: usize) {
+/// Gives `sender` back after its response ended (closed connections are dropped). Now and
+/// then (every `idle_timeout`) the whole pool is swept of closed and stale connections, so
+/// instances that went away leave nothing behind.
+pub(crate) fn give_back(addr: SocketAddr, sender: Sender, max_idle: usize, idle_timeout: Duration) {
     if sender.is_closed() || max_idle == 0 {
         return;
     }
-    let idle = Idle {
-        sender,
-        since: Instant::now(),
-    };
+    let now = Instant::now();
+    let idle = Idle { sender, since: now };
     IDLE.with_borrow_mut(|pool| {
-        let list = pool.entry(addr).or_default();
+        if pool
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= idle_timeout)
+        {
+            pool.sweep(now, idle_timeout);
+        }
+        let list = pool.idle.entry(addr).or_default();
         if list.len() >= max_idle {
             list.remove(0);
         }
@@ -95,10 +108,22 @@ pub(crate) fn give_back(addr: SocketAddr, sender: Sender, max_idle: usize) {
     });
 }
 
+impl Pool {
+    fn sweep(&mut self, now: Instant, idle_timeout: Duration) {
+        for list in self.idle.values_mut() {
+            list.retain(|idle| {
+                !idle.sender.is_closed() && now.duration_since(idle.since) < idle_timeout
+            });
+        }
+        self.idle.retain(|_, list| !list.is_empty());
+        self.swept = Some(now);
+    }
+}
+
 /// The most recently given back idle connection to `addr` still young enough and open.
 fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Sender> {
     IDLE.with_borrow_mut(|pool| {
-        let list = pool.get_mut(&addr)?;
+        let list = pool.idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(idle) = list.pop() {
             if now.duration_since(idle.since) >= idle_timeout {
@@ -110,7 +135,7 @@ fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Sender> {
                 return Some(idle.sender);
             }
         }
-        pool.remove(&addr);
+        pool.idle.remove(&addr);
         None
     })
 }
@@ -153,7 +178,7 @@ pub(crate) async fn connect(
 
 /// Closes every idle connection to `addr` on this worker (the instance failed).
 pub(crate) fn forget(addr: SocketAddr) {
-    IDLE.with_borrow_mut(|pool| pool.remove(&addr));
+    IDLE.with_borrow_mut(|pool| pool.idle.remove(&addr));
 }
 
 #[cfg(test)]
@@ -207,17 +232,33 @@ mod tests {
         let (mut sender, reused) = checkout(addr, SECOND * 30, SECOND).await.unwrap();
         assert!(!reused);
         get(&mut sender).await;
-        give_back(addr, sender, 4);
+        give_back(addr, sender, 4, SECOND * 30);
         let (mut sender, reused) = checkout(addr, SECOND * 30, SECOND).await.unwrap();
         assert!(reused);
         get(&mut sender).await;
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-        give_back(addr, sender, 4);
+        give_back(addr, sender, 4, SECOND * 30);
         // Older than the idle timeout: a new connection instead.
         let (mut sender, reused) = checkout(addr, Duration::ZERO, SECOND).await.unwrap();
         assert!(!reused);
         get(&mut sender).await;
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn connections_of_instances_gone_quiet_are_swept() {
+        let (addr, _) = server().await;
+        let (mut sender, _) = checkout(addr, SECOND * 30, SECOND).await.unwrap();
+        get(&mut sender).await;
+        give_back(addr, sender, 4, SECOND * 30);
+        assert_eq!(IDLE.with_borrow(|pool| pool.idle.len()), 1);
+        // Another instance's connection comes back after the first has been idle too long.
+        let (other, _) = server().await;
+        let (mut sender, _) = checkout(other, SECOND * 30, SECOND).await.unwrap();
+        get(&mut sender).await;
+        give_back(other, sender, 4, Duration::ZERO);
+        let left: Vec<SocketAddr> = IDLE.with_borrow(|pool| pool.idle.keys().copied().collect());
+        assert_eq!(left, vec![other]);
     }
 
     #[tokio::test]
