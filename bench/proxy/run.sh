@@ -11,6 +11,7 @@
 # start-to-listen time, measured the same way (process start to an accepted TCP connection).
 #
 # Usage: bash bench/proxy/run.sh   (installs nginx and wrk with apt-get when missing)
+#        PARTS=cold bash bench/proxy/run.sh   (the cold start only)
 # Runs under /tmp/portico-bench.lock, so benchmarks of other branches do not overlap.
 . "$(dirname "$0")/../lib.sh"
 
@@ -147,6 +148,7 @@ round() { # name nginx_log portico_access
 }
 
 echo "load before: $(uptime)"
+if [ "${PARTS:-all}" = all ]; then
 echo "wrk -t${WRK_THREADS:-1} -c${WRK_CONNS:-64} -d${WRK_SECONDS:-10}s, nginx $(nginx -v 2>&1 | cut -d/ -f2), $(nproc) cores"
 start_upstream
 round "logs-on " "$WORK/nginx-access.log" true
@@ -158,29 +160,37 @@ awk '$1=="nginx"||$1=="portico" {key=$2" "$3; if ($1=="nginx") n[key]+=$5; else 
 echo "added p99 (front p99 - upstream-direct p99 of the same round):"
 awk '{ms=$8; if (ms ~ /us$/) {sub(/us$/,"",ms); ms/=1000} else if (ms ~ /ms$/) {sub(/ms$/,"",ms)} else if (ms ~ /s$/) {sub(/s$/,"",ms); ms*=1000}
       if ($1=="upstream") base=ms; else if ($1=="nginx"||$1=="portico") printf "  %-7s %-5s %s %+.2f ms\n", $1, $2, $3, ms-base}' "$RESULTS"
+fi
 
 # ------------------------------------------------------------------------------ cold start
 echo
-echo "cold start (python3 -m http.server):"
-server_start_ms() { # the server's own start: process start to an accepted TCP connection
+# The same interpreter binary both ways (not a pyenv shim that execs it a few scripts later).
+PYTHON=$(python3 -c 'import sys; print(sys.executable)')
+echo "cold start ($PYTHON -m http.server):"
+server_alone() { # prints "listen_ms first_byte_ms": process start to an accepted connection,
+                 # and to the first byte of GET / (what a proxied first request also waits for)
   local port; port=$(free_port)
-  python3 - "$port" <<'PY'
+  "$PYTHON" - "$PYTHON" "$port" <<'PY'
 import socket, subprocess, sys, time
-port = int(sys.argv[1])
+python, port = sys.argv[1], int(sys.argv[2])
 start = time.monotonic()
-child = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+child = subprocess.Popen([python, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                         cwd="/", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 while True:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        connection = socket.create_connection(("127.0.0.1", port), timeout=1)
         break
     except OSError:
         time.sleep(0.001)
-print(f"{(time.monotonic() - start) * 1000:.1f}")
+listening = time.monotonic()
+connection.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+connection.recv(1)
+first_byte = time.monotonic()
+print(f"{(listening - start) * 1000:.1f} {(first_byte - start) * 1000:.1f}")
 child.kill()
 PY
 }
-COLD_SERVICES=5
+COLD_SERVICES=7
 ph=$(free_port)
 {
   echo "data_dir = \"$WORK/cold-data\""
@@ -193,20 +203,25 @@ ph=$(free_port)
   for n in $(seq 1 $COLD_SERVICES); do
     echo "[[manager.service]]"
     echo "name = \"py$n\""
-    echo "command = [\"python3\", \"-m\", \"http.server\", \"{port}\", \"--bind\", \"127.0.0.1\"]"
+    echo "command = [\"$PYTHON\", \"-m\", \"http.server\", \"{port}\", \"--bind\", \"127.0.0.1\"]"
   done
 } >"$WORK/cold.toml"
 "$PORTICO" serve --config "$WORK/cold.toml" >/dev/null 2>"$WORK/cold.log" &
 echo $! >"$WORK/portico.pid"
 wait_port "$ph"
 for n in $(seq 1 $COLD_SERVICES); do
-  own=$(server_start_ms)
+  read -r listen alone < <(server_alone)
   first=$(curl -s -o /dev/null -w '%{time_starttransfer}' "http://127.0.0.1:$ph/py$n/")
   first_ms=$(awk -v s="$first" 'BEGIN {printf "%.1f", s * 1000}')
-  printf '  py%s: first byte %7s ms, the server alone starts in %6s ms, Portico adds %6.1f ms\n' \
-    "$n" "$first_ms" "$own" "$(awk -v a="$first_ms" -v b="$own" 'BEGIN {print a - b}')" | tee -a "$WORK/cold.txt"
+  printf '  py%s: through Portico %6s ms to the first byte; the server alone: listening %6s ms, first byte %6s ms; Portico adds %6.1f ms\n' \
+    "$n" "$first_ms" "$listen" "$alone" "$(awk -v a="$first_ms" -v b="$alone" 'BEGIN {print a - b}')" | tee -a "$WORK/cold.txt"
 done
-awk '{gsub("ms","");} {print $NF}' "$WORK/cold.txt" | sort -n | awk '{a[NR]=$1} END {printf "  median added: %.1f ms (of %d)\n", a[int((NR+1)/2)], NR}'
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+through=$(awk '{print $4}' "$WORK/cold.txt" | median)
+listen=$(awk '{print $14}' "$WORK/cold.txt" | median)
+alone=$(awk '{print $18}' "$WORK/cold.txt" | median)
+echo "  medians of $COLD_SERVICES: through Portico $through ms; the server alone: listening $listen ms, first byte $alone ms"
+echo "  Portico adds (median through - median alone, first byte): $(awk -v a="$through" -v b="$alone" 'BEGIN {printf "%.1f", a - b}') ms; per-pair median: $(awk '{print $(NF-1)}' "$WORK/cold.txt" | median) ms"
 kill "$(cat "$WORK/portico.pid")"; wait "$(cat "$WORK/portico.pid")" 2>/dev/null || true
 rm -f "$WORK/portico.pid"
 echo "load after: $(uptime)"
