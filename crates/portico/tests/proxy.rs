@@ -34,19 +34,80 @@ fn service(name: &str, extra: &str) -> String {
 }
 
 /// `portico serve` with `listeners`, its agent `test-host` in process, and `extra`.
-async fn start_with(listeners: &str, extra: &str) -> Portico {
-    Portico::builder(BIN)
+async fn start_with(listeners: &str, extra: &str) -> Served {
+    let server = Portico::builder(BIN)
         .listeners_toml(listeners)
         .toml(&format!(
             "[manager]\nagent_id = \"test-host\"\ndrain = \"200ms\"\nstop_timeout = \"1s\"\n{extra}"
         ))
         .start()
         .await
-        .expect("portico starts")
+        .expect("portico starts");
+    Served(server)
 }
 
-async fn start(extra: &str) -> Portico {
+async fn start(extra: &str) -> Served {
     start_with(PLAIN, extra).await
+}
+
+/// A running `portico serve` whose instances go with it whatever the test's outcome: the
+/// harness ends the server with SIGKILL, which leaves its agent's children (each in a process
+/// group of its own) running.
+struct Served(Portico);
+
+impl std::ops::Deref for Served {
+    type Target = Portico;
+    fn deref(&self) -> &Portico {
+        &self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.kill9();
+        stop_instances(self.0.data_dir());
+    }
+}
+
+/// SIGKILLs the process group of every instance the agents recorded under `data_dir` (when
+/// the pid still is that process: its start time matches the record).
+fn stop_instances(data_dir: &Path) {
+    let Ok(agents) = std::fs::read_dir(data_dir.join("agent")) else {
+        return;
+    };
+    for agent in agents.flatten() {
+        let Ok(records) = std::fs::read_dir(agent.path().join("pids")) else {
+            continue;
+        };
+        for record in records.flatten() {
+            let Ok(bytes) = std::fs::read(record.path()) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<Value>(&bytes) else {
+                continue;
+            };
+            let (Some(pid), Some(ticks)) = (record["pid"].as_i64(), record["start_ticks"].as_u64())
+            else {
+                continue;
+            };
+            let pid = pid as i32;
+            if start_ticks(pid) == Some(ticks) {
+                let group = nix::unistd::Pid::from_raw(-pid);
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Field 22 of `/proc/PID/stat` (the process's start time), which tells a reused pid apart.
+fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 fn client() -> reqwest::Client {
@@ -63,7 +124,7 @@ async fn get_json(url: &str) -> (u16, Value) {
 }
 
 /// The instances of `service` in the registry (every state).
-async fn instances(server: &Portico, service: &str) -> Vec<Value> {
+async fn instances(server: &Served, service: &str) -> Vec<Value> {
     let (status, body) = get_json(&server.url("/manager/instances")).await;
     assert_eq!(status, 200, "{body}");
     body.as_array()
@@ -75,7 +136,7 @@ async fn instances(server: &Portico, service: &str) -> Vec<Value> {
 }
 
 /// Polls until `service` has exactly `count` ready instances; returns them.
-async fn until_ready(server: &Portico, service: &str, count: usize) -> Vec<Value> {
+async fn until_ready(server: &Served, service: &str, count: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let all = instances(server, service).await;
@@ -131,7 +192,7 @@ fn alive(pid: i32) -> bool {
 }
 
 /// A metric's value in `/metrics` (the first line starting with `series`).
-async fn metric(server: &Portico, series: &str) -> Option<f64> {
+async fn metric(server: &Served, series: &str) -> Option<f64> {
     let text = client()
         .get(server.url("/metrics"))
         .send()
