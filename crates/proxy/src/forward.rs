@@ -270,7 +270,8 @@ impl<'a> Exchange<'a> {
             if !first {
                 return Ok(None);
             }
-            self.wait_for_instance(&spec, limits).await?;
+            // Boxed: cold starts are rare, their state need not weigh on every request.
+            Box::pin(self.wait_for_instance(&spec, limits)).await?;
             waited = true;
         }
     }
@@ -353,10 +354,17 @@ impl<'a> Exchange<'a> {
     async fn attempt(&mut self, mut picked: Picked) -> Result<Response, Failed> {
         let addr = picked.upstream.addr();
         let settings = &self.shared.settings;
-        let checkout = pool::checkout(addr, settings.pool_idle_timeout, settings.connect_timeout);
-        let (mut sender, mut reused) = match checkout.await {
-            Ok(connection) => connection,
-            Err(error) => return Err(self.connect_failed(picked, error.to_string())),
+        let pooled = pool::ready(addr, settings.pool_idle_timeout);
+        let (mut sender, mut reused) = match pooled {
+            Some(sender) => (sender, true),
+            // Boxed: the rare path keeps its (large) state out of every request's future.
+            None => {
+                let (idle, connect) = (settings.pool_idle_timeout, settings.connect_timeout);
+                match Box::pin(pool::checkout(addr, idle, connect)).await {
+                    Ok(connection) => connection,
+                    Err(error) => return Err(self.connect_failed(picked, error.to_string())),
+                }
+            }
         };
         loop {
             let Some(request) = self.request() else {
@@ -390,7 +398,7 @@ impl<'a> Exchange<'a> {
                 return Err(self.connect_failed(picked, error.into_error().to_string()));
             }
             ::metrics::counter!(metrics::RETRIES, "service" => self.service.name.to_string(), "reason" => "stale_connection").increment(1);
-            match pool::connect(addr, settings.connect_timeout, false).await {
+            match Box::pin(pool::connect(addr, settings.connect_timeout, false)).await {
                 Ok(fresh) => (sender, reused) = (fresh, false),
                 Err(error) => return Err(self.connect_failed(picked, error.to_string())),
             }

@@ -64,6 +64,24 @@ thread_local! {
     static IDLE: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
+/// An idle pooled connection to `addr` that can take a request now, if there is one: the
+/// common case, which needs no await (and so adds nothing to the request's future).
+pub(crate) fn ready(addr: SocketAddr, idle_timeout: Duration) -> Option<Sender> {
+    let sender = take_idle(addr, idle_timeout)?;
+    if sender.is_ready() {
+        return Some(sender);
+    }
+    // Not ready yet: back on top for `checkout`, which can wait for it.
+    IDLE.with_borrow_mut(|pool| {
+        let idle = Idle {
+            sender,
+            since: Instant::now(),
+        };
+        pool.idle.entry(addr).or_default().push(idle);
+    });
+    None
+}
+
 /// A connection to `addr` for one request: an idle pooled one when there is a usable one
 /// (`true`: reused), else a new one.
 pub(crate) async fn checkout(
