@@ -7,7 +7,9 @@
 //!   leaves it within the limit is a success and restores it.
 //! - **A probe starts from a clean slate**: the first answer once the backoff has passed (or a
 //!   passed out-of-band probe) forgets the old estimate, which describes the trouble, not the
-//!   endpoint now.
+//!   endpoint now. An out-of-band probe's answer time is the first sample: with the neutral
+//!   estimate instead, a restored endpoint next to a faster one would never be picked while
+//!   traffic is light (an unmeasured estimate does not fade), and so never measured again.
 //! - **A quiet endpoint fades**: with nothing in flight, the estimate read for the pick decays
 //!   towards zero with the same time constant, counted from the last answer. Without this, one
 //!   slow answer could exile an endpoint for good: the pick never chooses it again, so no sample
@@ -125,9 +127,12 @@ impl Endpoint {
         self.health.failed(now)
     }
 
-    /// An out-of-band probe (health check) passed: back in rotation with a fresh estimate.
-    pub fn probe_succeeded(&mut self) -> Transition {
+    /// An out-of-band probe (health check) passed at `now`, answered in `latency`: back in
+    /// rotation with a fresh estimate that starts from that answer (see the module doc).
+    pub fn probe_succeeded(&mut self, latency: Duration, now: Instant) -> Transition {
         self.latency.reset();
+        self.latency.observe(latency, now);
+        self.heard(now);
         self.health.probe_succeeded()
     }
 
@@ -284,13 +289,17 @@ mod tests {
     }
 
     #[test]
-    fn an_out_of_band_probe_restores_with_the_neutral_estimate() {
+    fn an_out_of_band_probe_restores_with_its_answer_as_the_first_sample() {
         let start = Instant::now();
         let mut endpoint = Endpoint::new(manager());
         answer(&mut endpoint, 5000 * MS, start);
-        assert!(endpoint.health().probe_due(start + Duration::from_secs(10)));
-        assert_eq!(endpoint.probe_succeeded(), Transition::Restored);
-        assert_eq!(endpoint.measured_estimate(), 100 * MS);
+        let probed = start + Duration::from_secs(10);
+        assert!(endpoint.health().probe_due(probed));
+        assert_eq!(
+            endpoint.probe_succeeded(3 * MS, probed),
+            Transition::Restored
+        );
+        assert_eq!(endpoint.measured_estimate(), 3 * MS);
         // Still slow on real traffic: out again, for twice as long.
         assert_eq!(
             answer(&mut endpoint, 5000 * MS, start + Duration::from_secs(11)),
@@ -304,6 +313,36 @@ mod tests {
             Transition::Ejected {
                 backoff: Duration::from_secs(40)
             }
+        );
+    }
+
+    #[test]
+    fn a_restored_endpoint_beside_a_busy_faster_one_is_picked_again_once_it_fades() {
+        // Light traffic, one request at a time: only the cheaper of the two is ever picked.
+        let start = Instant::now();
+        let mut busy = Endpoint::new(manager());
+        let mut restored = Endpoint::new(manager());
+        answer(&mut restored, 5000 * MS, start); // ejected
+        let probed = start + Duration::from_secs(10);
+        restored.probe_succeeded(4 * MS, probed);
+        let mut now = probed;
+        let mut picked_restored = false;
+        for _ in 0..600 {
+            now += 50 * MS;
+            let candidates = [
+                busy.candidate(0, false, now),
+                restored.candidate(1, false, now),
+            ];
+            let cheaper = crate::pick(&candidates, &mut |_: usize| 0).unwrap();
+            if cheaper == 1 {
+                picked_restored = true;
+                break;
+            }
+            answer(&mut busy, 2 * MS, now);
+        }
+        assert!(
+            picked_restored,
+            "the restored endpoint was never picked again"
         );
     }
 

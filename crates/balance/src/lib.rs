@@ -14,8 +14,9 @@
 //! [`Endpoint::succeeded`] (with the latency to the response head) or [`Endpoint::failed`], and
 //! always [`Endpoint::end`]. A caller that probes with real requests asks
 //! [`Endpoint::claim_probe`] first; one that runs health checks asks [`Health::probe_due`] and
-//! reports [`Endpoint::probe_succeeded`] / [`Endpoint::probe_failed`]. The manager also keeps a
-//! [`ScaleUp`] per service and asks it [`ScaleUp::consider`] with [`best_estimate`].
+//! reports [`Endpoint::probe_succeeded`] (with the probe's answer time) or
+//! [`Endpoint::probe_failed`]. The manager also keeps a [`ScaleUp`] per service and asks it
+//! [`ScaleUp::consider`] with [`best_estimate`].
 //!
 //! # The rules and their constants
 //!

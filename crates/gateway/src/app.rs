@@ -10,7 +10,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use service::{Readiness, Service};
+use service::{MetricsText, Readiness, Service};
 use tower::util::MapResponseLayer;
 
 use crate::config::{LimitsConfig, ListenerConfig};
@@ -69,6 +69,14 @@ impl Services {
         names
     }
 
+    /// Every service's scrape-time metrics (`/metrics` is the whole process's).
+    fn metrics_texts(&self) -> Vec<MetricsText> {
+        self.list
+            .iter()
+            .filter_map(|s| s.metrics().cloned())
+            .collect()
+    }
+
     /// Every service's drain hook, all at once.
     pub(crate) async fn drain(&mut self) {
         futures::future::join_all(self.list.iter_mut().map(Service::drain)).await;
@@ -120,7 +128,7 @@ const GATEWAY: &str = "gateway";
 fn mount(name: &str, services: &Services, readiness: &Readiness) -> Router {
     let router = match services.router(name) {
         Some(router) => router.clone(),
-        None => admin_router(readiness.clone()),
+        None => admin_router(readiness.clone(), services.metrics_texts()),
     };
     tag(router, name)
 }
@@ -148,10 +156,11 @@ fn healthz_body(mounted: &[String]) -> Bytes {
     ))
 }
 
-fn admin_router(readiness: Readiness) -> Router {
+fn admin_router(readiness: Readiness, texts: Vec<MetricsText>) -> Router {
+    let texts: std::sync::Arc<[MetricsText]> = texts.into();
     Router::new()
         .route("/readyz", get(move || readyz(readiness.clone())))
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get(move || metrics_text(texts.clone())))
 }
 
 /// 200 `{"status":"ready"}`; 503 `{"status":"draining"}` after SIGTERM; 503 `{"status":"not
@@ -183,9 +192,12 @@ async fn readyz(readiness: Readiness) -> Response {
     json_response(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(body))
 }
 
-async fn metrics_text() -> Response {
+async fn metrics_text(services: std::sync::Arc<[MetricsText]>) -> Response {
     let mut text = metrics_handle().render();
     text.push_str(&request_metrics::render());
+    for render in services.iter() {
+        render(&mut text);
+    }
     let content_type = HeaderValue::from_static("text/plain; version=0.0.4");
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }

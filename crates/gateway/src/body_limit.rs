@@ -19,38 +19,9 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+pub use service::BodyTooLarge;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// A request body that went past the gateway's `limits.max_body_bytes` while it streamed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("request body is over the limit of {limit} bytes")]
-pub struct BodyTooLarge {
-    /// The limit, in bytes.
-    pub limit: u64,
-}
-
-impl BodyTooLarge {
-    /// The `BodyTooLarge` in `error` or its chain of sources (through `axum::Error`,
-    /// `hyper::Error`, `std::io::Error` and other wrappers of their cause).
-    pub fn find_in<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a BodyTooLarge> {
-        let mut current = Some(error);
-        while let Some(error) = current {
-            if let Some(found) = error.downcast_ref::<BodyTooLarge>() {
-                return Some(found);
-            }
-            // An `io::Error` made from an error hides it from `source` (only its cause shows).
-            let io_inner = error
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref());
-            current = match io_inner {
-                Some(inner) => Some(inner as &(dyn StdError + 'static)),
-                None => error.source(),
-            };
-        }
-        None
-    }
-}
 
 /// Whether a counted body passed the limit: kept by the request layer, set by the body.
 pub(crate) struct LimitWatch {
@@ -180,23 +151,6 @@ impl Body for RequestBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_limit_error_is_found_through_wrappers() {
-        let too_large = BodyTooLarge { limit: 1000 };
-        let wrapped = axum::Error::new(too_large);
-        assert_eq!(BodyTooLarge::find_in(&wrapped), Some(&too_large));
-        let io = std::io::Error::other(axum::Error::new(too_large));
-        assert_eq!(BodyTooLarge::find_in(&io), Some(&too_large));
-        let io = std::io::Error::other(too_large);
-        assert_eq!(BodyTooLarge::find_in(&io), Some(&too_large));
-        let other = std::io::Error::other("something else");
-        assert_eq!(BodyTooLarge::find_in(&other), None);
-        assert_eq!(
-            too_large.to_string(),
-            "request body is over the limit of 1000 bytes"
-        );
-    }
 
     #[test]
     fn an_allowance_passes_up_to_the_limit_and_then_stays_passed() {

@@ -22,6 +22,12 @@
 //! (and, on shutdown, every connection) to finish gracefully. The connection's own task never
 //! polls a timer; asking it to finish sets a flag it reads on each wake-up.
 //!
+//! **Upgrades.** HTTP/1 connections are served with hyper's upgrades enabled, so a service
+//! may answer `101 Switching Protocols` and take the connection over (the proxy does, for
+//! WebSockets). hyper's part then ends, but the connection does not: its guard goes on
+//! holding its slot of `max_connections` and running its watchdog (idle and send timeouts
+//! of an upgraded connection) until the service drops the stream.
+//!
 //! **Keep-alive probes.** HTTP/2 connections are sent a PING after `idle_timeout` of silence
 //! from the peer, which must answer within `header_timeout` (hyper's keep-alive); every
 //! accepted socket has TCP keepalive (`tcp_keepalive`, set on the listening socket, whose
@@ -122,7 +128,8 @@ impl Listener {
 
     async fn connection(&self, stream: TcpStream, peer: SocketAddr, activity: Arc<Activity>) {
         let _ = stream.set_nodelay(true);
-        let service = ConnectionService::new(self.app.clone(), canonical_peer(peer), activity);
+        let tls = self.tls.is_some();
+        let service = ConnectionService::new(self.app.clone(), canonical_peer(peer), tls, activity);
         match &self.tls {
             None => match sniff(&stream).await {
                 Ok(protocol) => self.serve(stream, protocol, service).await,
@@ -153,6 +160,7 @@ impl Listener {
             Protocol::Http1 => {
                 activity.opened(Phase::Http1);
                 let connection = self.http1.serve_connection(io(true), service);
+                let connection = connection.with_upgrades();
                 drive(connection, |c| c.graceful_shutdown(), &activity).await
             }
             Protocol::Http2 => {
@@ -178,7 +186,8 @@ const MAX_REFUSING: usize = 1024;
 
 /// Waits for the connection task `served`; when the watchdog says the connection must end,
 /// aborts it (which drops the connection, its response bodies and whatever they hold, and
-/// closes the socket) and waits for that. The listener's slot is given back after.
+/// closes the socket) and waits for that. A connection a service upgraded is watched on
+/// until the service drops it (`watch_upgraded`). The listener's slot is given back after.
 async fn guard(
     mut served: tokio::task::JoinHandle<()>,
     activity: &Activity,
@@ -188,14 +197,35 @@ async fn guard(
     slot: OwnedSemaphorePermit,
 ) {
     tokio::select! {
-        _ = &mut served => {}
-        reason = watchdog::watch(activity, &rules, stop) => {
+        _ = &mut served => {
+            if activity.is_upgraded() {
+                watch_upgraded(activity, rules, stop, peer).await;
+            }
+        }
+        reason = watchdog::watch(activity, &rules, stop.clone()) => {
             tracing::debug!(%peer, %reason, "closing the connection");
             served.abort();
             let _ = served.await;
         }
     }
     drop(slot);
+}
+
+/// An upgraded connection, now held by a service: cut when the watchdog says so (its stream
+/// fails from then on, and the service drops it), else watched until the service drops it.
+async fn watch_upgraded(
+    activity: &Activity,
+    rules: Rules,
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+) {
+    tokio::select! {
+        () = activity.stream_gone() => {}
+        reason = watchdog::watch(activity, &rules, stop) => {
+            tracing::debug!(%peer, %reason, "cutting the upgraded connection");
+            activity.cut();
+        }
+    }
 }
 
 /// Runs `connection` until it ends; once the connection is asked to close (`activity`),

@@ -22,9 +22,7 @@ impl ServiceTag {
     }
 }
 
-/// The id of a request, as a request extension (services may log it).
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
+pub use service::RequestId;
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

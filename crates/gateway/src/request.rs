@@ -7,8 +7,8 @@
 //! armed a timer per request. Here a request costs one small future; the timeout timer is
 //! only made when a service does not answer at once; `/healthz` (`GET`/`HEAD`) and a body
 //! whose declared length is over the limit (413) are answered without the router;
-//! everything else goes to the listener's axum router with `ConnectInfo` and `RequestId`
-//! attached, its body counted against the limit when its length was not declared
+//! everything else goes to the listener's axum router with `ConnectInfo`, `RequestId` and
+//! `ClientTls` attached, its body counted against the limit when its length was not declared
 //! (`body_limit`).
 //!
 //! A request's clock starts when the first bytes of its head arrived, when the connection's
@@ -30,7 +30,7 @@ use axum::routing::future::RouteFuture;
 use bytes::Bytes;
 use http_body::Body as _;
 use hyper::body::Incoming;
-use service::RouteLabel;
+use service::{ClientTls, RouteLabel};
 use tokio::time::{Instant, Sleep};
 use tower::Service as _;
 
@@ -67,16 +67,23 @@ pub(crate) struct ListenerApp {
 pub(crate) struct ConnectionService {
     app: Arc<ListenerApp>,
     peer: SocketAddr,
+    tls: ClientTls,
     activity: Arc<Activity>,
 }
 
 impl ConnectionService {
     /// Marks each request as in progress on `activity` (for the connection's watchdog) until
     /// its response body is dropped.
-    pub(crate) fn new(app: Arc<ListenerApp>, peer: SocketAddr, activity: Arc<Activity>) -> Self {
+    pub(crate) fn new(
+        app: Arc<ListenerApp>,
+        peer: SocketAddr,
+        tls: bool,
+        activity: Arc<Activity>,
+    ) -> Self {
         ConnectionService {
             app,
             peer,
+            tls: ClientTls(tls),
             activity,
         }
     }
@@ -110,6 +117,7 @@ impl ConnectionService {
         let extensions = request.extensions_mut();
         extensions.insert(ConnectInfo(self.peer));
         extensions.insert(RequestId(id.clone()));
+        extensions.insert(self.tls);
         let mut limit_watch = None;
         let request = request.map(|body| {
             let (body, watch) = RequestBody::new(body, declared, limit as u64);
@@ -263,6 +271,9 @@ impl GatewayFuture {
             return response.map(|body| GatewayBody::new(body, None, None));
         };
         let status = response.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            request.in_progress.upgrading();
+        }
         response.headers_mut().insert(REQUEST_ID, request.id);
         let route = response.extensions().get::<RouteLabel>().map(|r| &r.0);
         let elapsed = request.start.elapsed();

@@ -8,6 +8,13 @@
 //! it accepts stops it; both are edges, so a connection whose writes go through pays one
 //! branch on a local flag per write (`Activity::write_blocked`, `write_resumed`).
 //!
+//! **Upgraded connections.** After `101 Switching Protocols` the stream leaves hyper for the
+//! service that upgraded it (a proxied WebSocket) and goes on recording for the watchdog:
+//! bytes through it restart the idle time, and once the watchdog cut it every read and write
+//! fails (`Activity::cut`; the holder's task is woken to see it). Its drop tells the
+//! connection's guard, which holds the connection's slot until then. Before an upgrade this
+//! costs one load per read on HTTP/1.
+//!
 //! **Coalescing.** hyper writes an HTTP/1 response as a vectored write of its head and its body chunks,
 //! which avoids copying large bodies. For the small ones most APIs send, one `write` of a
 //! copied buffer measured faster on loopback than a two-part `writev` (bare hyper, `/healthz`
@@ -37,6 +44,8 @@ pub(crate) struct ConnectionStream<S> {
     watch_heads: bool,
     /// The last write or flush was refused (mirrors `Activity::write_blocked`).
     blocked: bool,
+    /// The connection was upgraded (cached from `Activity::is_upgraded`).
+    upgraded: bool,
 }
 
 impl<S> ConnectionStream<S> {
@@ -48,6 +57,36 @@ impl<S> ConnectionStream<S> {
             activity,
             watch_heads,
             blocked: false,
+            upgraded: false,
+        }
+    }
+
+    /// Whether the connection was upgraded; an HTTP/2 connection never is.
+    #[inline]
+    fn upgraded(&mut self) -> bool {
+        if !self.upgraded && self.watch_heads && self.activity.is_upgraded() {
+            self.upgraded = true;
+        }
+        self.upgraded
+    }
+
+    /// Upgraded: fails once the watchdog cut the connection, else makes sure the task that
+    /// polls is woken when it does.
+    fn check_cut(&self, cx: &Context<'_>) -> std::io::Result<()> {
+        self.activity.wake_on_close(cx.waker());
+        if self.activity.is_cut() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "upgraded connection closed by the gateway (idle or not reading)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Upgraded: bytes went through, the idle time starts again.
+    fn note_progress(&self, moved: bool) {
+        if moved {
+            self.activity.tunnel_progressed();
         }
     }
 
@@ -76,6 +115,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for ConnectionStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
+        if self.upgraded() {
+            self.check_cut(cx)?;
+            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+            self.note_progress(buf.filled().len() > before);
+            return polled;
+        }
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if self.watch_heads && buf.filled().len() > before {
             self.activity.bytes_arrived();
@@ -90,6 +135,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnectionStream<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.upgraded() {
+            self.check_cut(cx)?;
+            let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+            self.note_write(&polled);
+            self.note_progress(matches!(polled, Poll::Ready(Ok(n)) if n > 0));
+            return polled;
+        }
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.note_write(&polled);
         polled
@@ -101,6 +153,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnectionStream<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if this.upgraded() {
+            // Tunnels write what they read: one buffer at a time.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return Pin::new(this).poll_write(cx, first);
+        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         let polled = if bufs.len() < 2 || total > SMALL_WRITE {
             Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
@@ -129,6 +189,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnectionStream<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S> Drop for ConnectionStream<S> {
+    fn drop(&mut self) {
+        self.activity.stream_dropped();
     }
 }
 
@@ -174,6 +240,40 @@ mod tests {
         server.read_exact(&mut buf).await.unwrap();
         stream.write_all(b"more").await.unwrap();
         assert_eq!(activity.write_blocked_since(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upgraded_stream_records_progress_fails_once_cut_and_reports_its_drop() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let activity = activity();
+        activity.opened(crate::watchdog::Phase::Http1);
+        let mut stream = ConnectionStream::new(client, activity.clone(), true);
+        activity.upgrading();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        server.write_all(b"frame").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(stream.read(&mut buf).await.unwrap(), 5);
+        assert_eq!(activity.take_head_start(), None, "a tunnel has no heads");
+        // A read waiting for bytes is woken by the cut and fails.
+        let reading = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let result = stream.read(&mut buf).await;
+            (result, stream)
+        });
+        tokio::task::yield_now().await;
+        assert!(!reading.is_finished());
+        activity.cut();
+        let (result, stream) = reading.await.unwrap();
+        let error = result.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionAborted);
+        let gone = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.stream_gone().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!gone.is_finished());
+        drop(stream);
+        gone.await.unwrap();
     }
 
     #[tokio::test]

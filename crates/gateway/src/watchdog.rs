@@ -15,7 +15,13 @@
 //!   come back for in `send_timeout` (the peer withholds flow-control credit, for that stream
 //!   or the whole connection), closes the connection. Closing drops the response bodies and
 //!   whatever they hold (fib producers, back-end connections, stream slots). A body waiting
-//!   for its producer is not stalled: hyper polled it and is waiting for it.
+//!   for its producer is not stalled: hyper polled it and is waiting for it;
+//! - *upgraded* (an HTTP/1 connection a service took over with `101 Switching Protocols`, a
+//!   proxied WebSocket): no byte read or written for `idle_timeout`, or a write refused for
+//!   `send_timeout`, cuts it. The connection has left hyper, so the watchdog cannot drop it:
+//!   it sets a flag the stream reads on every use and wakes the task that holds it, whose
+//!   reads and writes then fail (`ConnectionStream`). The connection keeps its slot of
+//!   `max_connections` until the service drops the stream.
 //!
 //! **Why this way.** hyper's own `header_read_timeout` arms and drops a boxed timer for every
 //! request, which cost about 20% of the requests/s of `/healthz` (bench/gateway); per-request
@@ -57,6 +63,8 @@ pub(crate) enum Phase {
     Opening = 0,
     Http1 = 1,
     Http2 = 2,
+    /// An HTTP/1 connection handed to a service by `101 Switching Protocols`.
+    Upgraded = 3,
 }
 
 impl Phase {
@@ -64,6 +72,7 @@ impl Phase {
         match value {
             1 => Phase::Http1,
             2 => Phase::Http2,
+            3 => Phase::Upgraded,
             _ => Phase::Opening,
         }
     }
@@ -140,7 +149,14 @@ pub(crate) struct Activity {
     frames_out: [AtomicU32; 3],
     /// The watchdog (or shutdown) asked the connection to finish gracefully.
     close_asked: AtomicBool,
+    /// Woken by `ask_to_close` and `cut`: the connection's task, or after an upgrade the
+    /// task that holds the stream.
     closer: AtomicWaker,
+    /// Upgraded: the watchdog cut the connection; every read and write fails from now.
+    cut: AtomicBool,
+    /// The connection's stream was dropped (the socket is closed), and who waits for that.
+    stream_dropped: AtomicBool,
+    dropped_waiter: AtomicWaker,
 }
 
 impl Activity {
@@ -156,6 +172,9 @@ impl Activity {
             frames_out: Default::default(),
             close_asked: AtomicBool::new(false),
             closer: AtomicWaker::new(),
+            cut: AtomicBool::new(false),
+            stream_dropped: AtomicBool::new(false),
+            dropped_waiter: AtomicWaker::new(),
         }
     }
 
@@ -176,6 +195,56 @@ impl Activity {
     pub(crate) fn opened(&self, phase: Phase) {
         self.idle_since.store(self.nanos_now(), Relaxed);
         self.phase.store(phase as u8, Relaxed);
+    }
+
+    /// A service answered `101 Switching Protocols` on this HTTP/1 connection: once hyper
+    /// hands the stream over, the rules of an upgraded connection apply.
+    pub(crate) fn upgrading(&self) {
+        if self.phase() == Phase::Http1 {
+            self.phase.store(Phase::Upgraded as u8, Relaxed);
+        }
+    }
+
+    /// Whether the connection was upgraded (see [`Activity::upgrading`]).
+    #[inline]
+    pub(crate) fn is_upgraded(&self) -> bool {
+        self.phase.load(Relaxed) == Phase::Upgraded as u8
+    }
+
+    /// Bytes went through an upgraded connection: its idle time starts again.
+    pub(crate) fn tunnel_progressed(&self) {
+        self.idle_since.store(self.nanos_now(), Relaxed);
+    }
+
+    /// Cuts an upgraded connection: its stream fails every read and write from now, and the
+    /// task holding it is woken to notice.
+    pub(crate) fn cut(&self) {
+        self.cut.store(true, Relaxed);
+        self.closer.wake();
+    }
+
+    /// Whether the connection was cut.
+    pub(crate) fn is_cut(&self) -> bool {
+        self.cut.load(Relaxed)
+    }
+
+    /// The connection's stream was dropped.
+    pub(crate) fn stream_dropped(&self) {
+        self.stream_dropped.store(true, Relaxed);
+        self.dropped_waiter.wake();
+    }
+
+    /// Completes once the connection's stream was dropped.
+    pub(crate) async fn stream_gone(&self) {
+        std::future::poll_fn(|cx| {
+            self.dropped_waiter.register(cx.waker());
+            if self.stream_dropped.load(Relaxed) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Bytes arrived on an HTTP/1 connection: the start of a head when no request is in
@@ -287,6 +356,11 @@ impl InProgress {
         }
     }
 
+    /// The service answered `101 Switching Protocols` (see [`Activity::upgrading`]).
+    pub(crate) fn upgrading(&self) {
+        self.activity.upgrading();
+    }
+
     /// hyper came back for more: the frame out is on its way.
     #[inline]
     pub(crate) fn polled(&mut self) {
@@ -357,6 +431,8 @@ fn waiting_deadline(
             Some(head) => (head + rules.header, Step::Close(Reason::SlowHead)),
             None => (idle_since + rules.idle, Step::Close(Reason::Idle)),
         }),
+        // Shutdown does not end a tunnel: the drain timeout does, when the worker stops.
+        Phase::Upgraded => Some((idle_since + rules.idle, Step::Close(Reason::Idle))),
         Phase::Http2 => Some(match going_away {
             None => (idle_since + rules.idle, Step::GoAway),
             Some(asked) => (
@@ -618,6 +694,44 @@ mod tests {
         assert!(activity.close_asked());
         assert!(after(secs(10), &watching).await);
         assert_eq!(reason(watching).await, Reason::GoAwayIgnored);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upgraded_connection_is_cut_when_no_byte_moved_for_the_idle_timeout() {
+        let (activity, watching, stop) = start(Some(Phase::Http1));
+        let request = InProgress::begin(&activity);
+        request.upgrading();
+        assert!(activity.is_upgraded());
+        drop(request); // the 101 was written
+        tokio::time::sleep(secs(50)).await;
+        activity.tunnel_progressed();
+        // Shutdown does not end it; the drain timeout does (the worker stops).
+        stop.send(true).expect("the watchdog listens");
+        assert!(
+            !after(secs(59), &watching).await,
+            "cut before the idle timeout"
+        );
+        assert!(after(secs(2), &watching).await);
+        assert_eq!(reason(watching).await, Reason::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upgraded_connection_that_stops_reading_is_cut_at_the_send_timeout() {
+        let (activity, watching, _stop) = start(Some(Phase::Http1));
+        activity.upgrading();
+        activity.tunnel_progressed();
+        activity.write_blocked();
+        assert!(!after(secs(19), &watching).await);
+        assert!(after(secs(2), &watching).await);
+        assert_eq!(reason(watching).await, Reason::SendStalled);
+    }
+
+    #[test]
+    fn only_an_http1_connection_upgrades() {
+        let activity = Activity::new(Instant::now());
+        activity.opened(Phase::Http2);
+        activity.upgrading();
+        assert!(!activity.is_upgraded());
     }
 
     #[test]

@@ -39,4 +39,11 @@ pub enum Command {
     /// Convert an original system's config to Portico's TOML.
     #[command(subcommand)]
     Migrate(crate::wire::migrate::MigrateCommand),
+    /// This host's agent: starts, watches and stops service instances (see `[manager]`).
+    #[command(alias = "allocator")]
+    Agent(crate::manager::agent_cmd::AgentArgs),
+    /// The service catalog: list, add or remove services.
+    Services(crate::manager::services_cmd::ServicesArgs),
+    /// The original proxy's entry point: PORT [SERVICE IP[:PORT]] (see `[proxy]`).
+    Proxy(crate::proxy_cmd::ProxyArgs),
 }

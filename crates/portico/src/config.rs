@@ -163,11 +163,12 @@ impl Config {
         errors
     }
 
-    /// The gateway's part.
+    /// The gateway's part. Listeners also mount the services that go with the ones they
+    /// name (`manager` with `admin`).
     pub fn gateway(&self) -> GatewayConfig {
         GatewayConfig {
             data_dir: self.data_dir.clone(),
-            listeners: self.listeners.clone(),
+            listeners: self.listeners.iter().map(with_companions).collect(),
             limits: self.limits.clone(),
             user: self.user.clone(),
             group: self.group.clone(),
@@ -175,6 +176,18 @@ impl Config {
             workers: self.workers,
         }
     }
+}
+
+/// `listener` with the services that go with the ones it names (`*` needs none).
+fn with_companions(listener: &ListenerConfig) -> ListenerConfig {
+    let mut listener = listener.clone();
+    for (with, service) in crate::wire::mounted_with() {
+        let named = |name: &str| listener.services.iter().any(|s| s == name);
+        if named(with) && !named(service) && !named("*") {
+            listener.services.push(service.to_string());
+        }
+    }
+    listener
 }
 
 impl EnvOverride {

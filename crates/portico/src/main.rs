@@ -6,6 +6,8 @@ mod cert;
 mod check_cmd;
 mod cli;
 mod config;
+mod manager;
+mod proxy_cmd;
 mod serve;
 mod wire;
 
@@ -34,6 +36,9 @@ fn main() -> ExitCode {
         cli::Command::Worker(args) => report(wire::worker::run(args)),
         cli::Command::Token(args) => report(wire::jobs::token(args)),
         cli::Command::Migrate(command) => report(wire::migrate::migrate(command)),
+        cli::Command::Agent(args) => report(manager::agent_cmd::run(args)),
+        cli::Command::Services(args) => report(manager::services_cmd::run(args)),
+        cli::Command::Proxy(args) => report(proxy_cmd::run(args)),
     }
 }
 

@@ -28,6 +28,12 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     serve_blocking(config, config_path.is_none(), logs.handover())
 }
 
+/// `serve` with a config another command built (`portico agent`).
+pub fn run_with(config: Config) -> anyhow::Result<()> {
+    let logs = gateway::logging::init(&config.log).context("starting logs")?;
+    serve_blocking(config, false, logs.handover())
+}
+
 /// `serve` on the main runtime. Requests are served by the gateway's own per-core workers;
 /// this runtime runs start-up and services' background tasks (Redis drivers, reload
 /// watchers), which one thread carries. Shared with legacy entry points.

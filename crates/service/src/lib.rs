@@ -14,8 +14,9 @@
 //! Services depend on this crate, not on the gateway; the gateway depends on it too and runs
 //! what services hand it. The crate also holds what both sides share: the gateway's JSON
 //! error answer ([`error_response`]), per-request metric labels that cannot grow without
-//! bound ([`Label`]), and the data directory as an open handle ([`DataDir`]) that keeps
-//! working after Portico switched to an unprivileged user.
+//! bound ([`Label`]), the data directory as an open handle ([`DataDir`]) that keeps
+//! working after Portico switched to an unprivileged user, and what the gateway attaches to
+//! each request ([`RequestId`], [`ClientTls`]) or fails its body with ([`BodyTooLarge`]).
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ mod background;
 mod data_dir;
 mod label;
 mod readiness;
+mod request_info;
 mod value;
 
 pub use answer::{error_response, json_response, json_string};
@@ -31,4 +33,5 @@ pub use background::Background;
 pub use data_dir::{DataDir, DataDirError};
 pub use label::{Label, RouteLabel, MAX_LABELS};
 pub use readiness::{Problem, Readiness};
-pub use value::{Hook, Service};
+pub use request_info::{BodyTooLarge, ClientTls, RequestId};
+pub use value::{Hook, MetricsText, Service};

@@ -2,6 +2,7 @@
 //! `drain` / `stop` hooks `portico serve` calls on shutdown, in that order.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -11,6 +12,11 @@ use crate::Background;
 /// A lifecycle hook: runs once, on the main runtime.
 pub type Hook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
+/// Appends a service's own series to `/metrics` at each scrape, in Prometheus text format
+/// (for state that is cheaper to read when asked than to record as it changes, and series
+/// that must vanish with what they describe, such as one managed instance).
+pub type MetricsText = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// A built-in service, ready to be mounted.
 pub struct Service {
     name: String,
@@ -18,6 +24,7 @@ pub struct Service {
     background: Background,
     drain: Option<Hook>,
     stop: Option<Hook>,
+    metrics: Option<MetricsText>,
 }
 
 impl std::fmt::Debug for Service {
@@ -38,6 +45,7 @@ impl Service {
             background: Background::new(name),
             drain: None,
             stop: None,
+            metrics: None,
         }
     }
 
@@ -66,6 +74,17 @@ impl Service {
     {
         self.stop = Some(Box::new(move || Box::pin(hook())));
         self
+    }
+
+    /// Appends `render`'s text to every `/metrics` scrape.
+    pub fn with_metrics(mut self, render: impl Fn(&mut String) + Send + Sync + 'static) -> Self {
+        self.metrics = Some(Arc::new(render));
+        self
+    }
+
+    /// The service's scrape-time metrics, if it has any.
+    pub fn metrics(&self) -> Option<&MetricsText> {
+        self.metrics.as_ref()
     }
 
     pub fn name(&self) -> &str {

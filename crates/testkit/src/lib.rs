@@ -18,15 +18,18 @@
 //! block, `toml` appends sections, `top_level` adds top-level keys. When the tests run as root
 //! the config says `allow_root = true` (privilege drop has its own test).
 //!
-//! Beside it: the test Redis and a private `redis-server` (`redis.rs`), and [`Tmpfs`], a
+//! Beside it: `portico-testserver`, the service manager's test instance, and
+//! [`TestServer`] to start it (`testserver.rs`); the test Redis and a private `redis-server` (`redis.rs`), and [`Tmpfs`], a
 //! small real filesystem to fill up and grow again (`tmpfs.rs`, needs root).
 
 mod python;
 mod redis;
+mod testserver;
 mod tmpfs;
 
 pub use python::{python3, Venv};
 pub use redis::{have_root, server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
+pub use testserver::{free_port, testserver_bin, TestServer};
 pub use tmpfs::Tmpfs;
 
 use std::io::{BufRead, BufReader, Read};
@@ -62,9 +65,17 @@ pub struct PorticoBuilder {
     env: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
     zero_config_in: Option<PathBuf>,
+    command: Option<Vec<String>>,
 }
 
 impl PorticoBuilder {
+    /// Runs `portico ARGS...` instead of `portico serve --config FILE` (`agent ...`): a
+    /// command that announces its listeners and `ready` the way `serve` does.
+    pub fn command(mut self, args: &[&str]) -> Self {
+        self.command = Some(args.iter().map(|a| a.to_string()).collect());
+        self
+    }
+
     /// Runs `portico serve` with no config at all, in the working directory `dir` (the
     /// README's first command: fixed ports 8080 and 8443, data in `dir/portico-data`).
     pub fn zero_config_in(mut self, dir: &Path) -> Self {
@@ -177,6 +188,7 @@ impl Portico {
             env: Vec::new(),
             data_dir: None,
             zero_config_in: None,
+            command: None,
         }
     }
 
@@ -303,10 +315,10 @@ impl Portico {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let mut command = Command::new(&self.builder.bin);
-        command.arg("serve");
-        match &self.builder.zero_config_in {
-            Some(dir) => command.current_dir(dir),
-            None => command.arg("--config").arg(&self.config_path),
+        match (&self.builder.command, &self.builder.zero_config_in) {
+            (Some(args), _) => command.args(args),
+            (None, Some(dir)) => command.arg("serve").current_dir(dir),
+            (None, None) => command.arg("serve").arg("--config").arg(&self.config_path),
         };
         command
             .envs(self.builder.env.iter().cloned())

@@ -3,6 +3,7 @@
 //! `redis-server` for tests that stop and restart Redis (the shared one must never be
 //! stopped): its own port and directory, no persistence, killed on drop.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,12 +50,19 @@ impl PrivateRedis {
     /// Starts `redis-server` on `127.0.0.1:port` with `dir` as its directory and waits (at
     /// most 10 s) until it accepts connections.
     pub fn start(port: u16, dir: &Path) -> std::io::Result<PrivateRedis> {
+        PrivateRedis::start_on(IpAddr::from([127, 0, 0, 1]), port, dir)
+    }
+
+    /// `start`, bound to `ip` (a bridge address other network namespaces reach).
+    pub fn start_on(ip: IpAddr, port: u16, dir: &Path) -> std::io::Result<PrivateRedis> {
         let child = Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
                 "--bind",
-                "127.0.0.1",
+                &ip.to_string(),
+                "--protected-mode",
+                "no",
                 "--save",
                 "",
             ])
@@ -64,7 +72,7 @@ impl PrivateRedis {
             .spawn()?;
         let redis = PrivateRedis { child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((ip, port)).is_err() {
             if Instant::now() > deadline {
                 return Err(std::io::Error::other(format!(
                     "redis-server did not start on {port}"

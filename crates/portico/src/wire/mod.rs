@@ -8,12 +8,15 @@
 
 pub mod fib;
 pub mod jobs;
+pub mod manager;
 pub mod messages;
 pub mod migrate;
+pub mod proxy;
 pub mod region;
 pub mod worker;
 
 use std::future::Future;
+use std::sync::OnceLock;
 
 use anyhow::Context as _;
 use serde::de::DeserializeOwned;
@@ -23,12 +26,23 @@ use crate::config::{Config, EnvOverride};
 
 /// What `portico serve` hands a service when it opens it.
 pub struct Context<'a> {
+    /// The whole config (a service may read another's section: the proxy reads `[manager]`).
+    pub config: &'a Config,
+    /// What services opened earlier share with later ones.
+    pub shared: &'a Shared,
     /// The data directory, opened before privileges were dropped: open files through it.
     pub data_dir: &'a DataDir,
     /// Register checks that make `/readyz` fail while the service cannot serve.
     pub readiness: &'a Readiness,
     /// Start background tasks through this (stopped after the service's stop hook).
     pub background: Background,
+}
+
+/// What services opened earlier leave for later ones (the list's order is the opening order).
+#[derive(Default)]
+pub struct Shared {
+    /// The manager's registry and view, for the proxy.
+    pub manager: OnceLock<manager::ManagerHandle>,
 }
 
 /// One built-in service, as the binary knows it.
@@ -40,6 +54,10 @@ pub trait BuiltIn {
     const ENV: &'static [EnvOverride] = &[];
     /// Its probe in `portico check`, if it has one.
     const PROBE: Option<check::Probe> = None;
+    /// Services whose listeners mount this one too (`manager` goes with `admin`).
+    const MOUNT_WITH: &'static [&'static str] = &[];
+    /// Services that need this one opened (before them) even where it is not mounted.
+    const OPEN_WITH: &'static [&'static str] = &[];
     /// Its config section (every key defaulted).
     type Config: DeserializeOwned + Default + Clone + std::fmt::Debug;
 
@@ -90,6 +108,15 @@ macro_rules! services {
             all
         }
 
+        /// `(with, service)`: listeners that mount `with` also mount `service`.
+        pub fn mounted_with() -> Vec<(&'static str, &'static str)> {
+            let mut all = Vec::new();
+            $(for with in <$service as BuiltIn>::MOUNT_WITH {
+                all.push((*with, <$service as BuiltIn>::NAME));
+            })*
+            all
+        }
+
         /// `portico check`'s probes, by service name.
         pub fn probes() -> Vec<(&'static str, check::Probe)> {
             let mut all = Vec::new();
@@ -106,8 +133,9 @@ macro_rules! services {
             readiness: &Readiness,
         ) -> anyhow::Result<gateway::Services> {
             let mut services = gateway::Services::new();
+            let shared = Shared::default();
             $(if let Some(service) =
-                open_if_mounted::<$service>(&config.services.$name, config, data_dir, readiness).await?
+                open_if_wanted::<$service>(&config.services.$name, config, &shared, data_dir, readiness).await?
             {
                 services.insert(service);
             })*
@@ -121,6 +149,8 @@ services! {
     region: region::Region,
     fib: fib::Fib,
     jobs: jobs::Jobs,
+    manager: manager::Manager,
+    proxy: proxy::ProxyService,
 }
 
 fn take_section<S: BuiltIn>(table: &mut toml::Table) -> anyhow::Result<S::Config> {
@@ -133,16 +163,24 @@ fn take_section<S: BuiltIn>(table: &mut toml::Table) -> anyhow::Result<S::Config
     }
 }
 
-async fn open_if_mounted<S: BuiltIn>(
+async fn open_if_wanted<S: BuiltIn>(
     section: &S::Config,
     config: &Config,
+    shared: &Shared,
     data_dir: &DataDir,
     readiness: &Readiness,
 ) -> anyhow::Result<Option<Service>> {
-    if !mounted(config, S::NAME) {
+    let wanted = mounted(config, S::NAME)
+        || S::MOUNT_WITH
+            .iter()
+            .chain(S::OPEN_WITH)
+            .any(|with| mounted(config, with));
+    if !wanted {
         return Ok(None);
     }
     let context = Context {
+        config,
+        shared,
         data_dir,
         readiness,
         background: Background::new(S::NAME),
@@ -187,7 +225,7 @@ mod tests {
         assert_eq!(config.services.messages.key_prefix, "p:");
         assert_eq!(
             SERVICE_NAMES,
-            &["admin", "messages", "region", "fib", "jobs"]
+            &["admin", "messages", "region", "fib", "jobs", "manager", "proxy"]
         );
     }
 
