@@ -3,17 +3,20 @@
 # Celery 5 + RabbitMQ (127.0.0.1:5672 guest/guest; results in Redis 127.0.0.1:6379), same
 # worker concurrency, a no-op task. Measures:
 #   1. submissions acknowledged per second (durable: Portico answers 200 once the job is
-#      fsync'd; Celery with publisher confirms and persistent messages), 10 s;
-#   2. no-op jobs completed per second end to end (N jobs submitted, time until the last
-#      result is stored): Portico with `persistent` and with `per_job` command workers,
+#      fsync'd; Celery with publisher confirms and persistent messages), 10 s; Portico with
+#      no local slot (as Celery's side, with no worker consuming) and with its slots running;
+#   2. no-op jobs completed per second end to end (N jobs submitted, by wrk to Portico, time
+#      until the last result is stored): Portico with `persistent` and `per_job` workers,
 #      Celery with its prefork worker, publishing with confirms and (Celery's default)
 #      without;
 #   3. submit-to-result latency p50/p99 of single jobs in sequence.
 # Celery comes from PyPI into a venv this script makes (kept in $VENV). Everything else runs
 # on 127.0.0.1 on free ports in a temp dir and is stopped at the end. One command:
 #   flock /tmp/portico-bench.lock bash bench/jobs/run.sh
-# Env: CONCURRENCY (worker processes/slots, default: cores), DURATION (10s), JOBS (20000),
-#      LATENCY_JOBS (200), CONNECTIONS (64), VENV (/tmp/portico-bench-celery-venv).
+# Env: CONCURRENCY (worker processes/slots, default: cores), DURATION (10s), JOBS (20000,
+#      Celery's end-to-end count),
+#      LATENCY_JOBS (200), CONNECTIONS (64), VENV (/tmp/portico-bench-celery-venv),
+#      PORTICO (a release binary to measure instead of building one).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,8 +46,10 @@ py="$venv/bin/python"
 
 echo "load before the run: $(uptime)"
 echo "concurrency $concurrency, $jobs jobs end to end, $latency_jobs for latency"
-(cd "$root" && cargo build --release -p portico >/dev/null)
-portico="$CARGO_TARGET_DIR/release/portico"
+if [ -z "${PORTICO:-}" ]; then
+  (cd "$root" && cargo build --release -p portico >/dev/null)
+fi
+portico=${PORTICO:-$CARGO_TARGET_DIR/release/portico}
 
 work=$(mktemp -d /tmp/portico-bench-jobs.XXXXXX)
 pids=()
@@ -94,7 +99,7 @@ jwt_key = "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXk="
 name = "noop"
 noparams = true
 mode = "$mode"
-workers = $concurrency
+workers = ${slots:-$concurrency}
 command = $command
 TOML
   "$portico" serve --config "$work/portico.toml" >"$work/portico.out" 2>"$work/portico.err" &
@@ -110,20 +115,28 @@ stop_portico() {
 }
 
 # --- 1. submissions acknowledged per second -------------------------------------------
-start_portico persistent
+# Twice: with no local slot (`workers = 0`: the jobs wait for remote workers, as Celery's
+# messages wait in RabbitMQ with no worker consuming them below), and with the service's
+# slots running every job as it arrives (the server, its workers and wrk share the cores).
 cat >"$work/submit.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
-wrk.headers["Authorization"] = "$token"
+wrk.headers["Authorization"] = "TOKEN"
 wrk.body = "n=1"
 LUA
-wrk -t 2 -c "$connections" -d "$duration" -s "$work/submit.lua" "http://127.0.0.1:$port/noop/annotate" \
-  >"$work/wrk-submit.txt"
-rate=$(awk '/Requests\/sec/ {print $2}' "$work/wrk-submit.txt")
-non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk-submit.txt")
-record "portico_submit_per_s" "$rate"
-[ -n "$non2xx" ] && record "portico_submit_non_2xx" "$non2xx"
-stop_portico
+for slots in 0 "$concurrency"; do
+  label=portico_submit_per_s; [ "$slots" = 0 ] || label=portico_submit_running_per_s
+  start_portico persistent
+  sed "s|TOKEN|$token|" "$work/submit.lua" >"$work/submit_token.lua"
+  wrk -t 2 -c "$connections" -d "$duration" -s "$work/submit_token.lua" "http://127.0.0.1:$port/noop/annotate" \
+    >"$work/wrk-submit.txt"
+  rate=$(awk '/Requests\/sec/ {print $2}' "$work/wrk-submit.txt")
+  non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk-submit.txt")
+  record "$label" "$rate"
+  [ -n "$non2xx" ] && record "${label}_non_2xx" "$non2xx"
+  stop_portico
+done
+unset slots
 
 queue="bench_$$"
 cat >"$work/bench_tasks.py" <<PY
@@ -163,38 +176,28 @@ if __name__ == "__main__":
 PY
 
 # --- 2. no-op jobs completed per second end to end, 3. latency ------------------------
-cat >"$work/portico_e2e.py" <<'PY'
-import http.client, json, statistics, sys, threading, time
-port, token, jobs, latency_jobs, label = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-def conn():
-    return http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-def submit(c, path="/noop/annotate"):
-    c.request("POST", path, body="n=1", headers={"Authorization": token,
-              "Content-Type": "application/x-www-form-urlencoded"})
-    r = c.getresponse(); body = r.read()
-    assert r.status == 200, (r.status, body)
-    return json.loads(body)["uuid"]
-def drained(c):
+# Submitted by wrk for DURATION at full rate (the client's own cost stays small, so the cores
+# go to the server and its workers), then the time until the queue is empty and no slot is
+# busy: jobs/s = jobs submitted / (submitting + draining). (wrk cannot stop after N requests:
+# its main thread sleeps for the whole duration.)
+cat >"$work/portico_drain.py" <<'PY'
+import http.client, json, sys, time
+port, started = int(sys.argv[1]), float(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+while True:
     c.request("GET", "/jobs/capacity"); caps = json.loads(c.getresponse().read())["services"]
     s = [x for x in caps if x["service"] == "noop"][0]
-    return s["queue_depth"] == 0 and s["workers_busy"] == 0
-start = time.monotonic()
-threads, per = [], jobs // 8
-def loop():
-    c = conn()
-    for _ in range(per): submit(c)
-for _ in range(8):
-    t = threading.Thread(target=loop); t.start(); threads.append(t)
-for t in threads: t.join()
-c = conn()
-last = submit(c)
-while True:
-    c.request("GET", "/jobs/" + last); state = json.loads(c.getresponse().read())["state"]
-    if state == "SUCCESS" and drained(c): break
+    if s["queue_depth"] == 0 and s["workers_busy"] == 0:
+        break
     time.sleep(0.01)
-elapsed = time.monotonic() - start
-print(f"portico_{label}_jobs_per_s", round((per * 8 + 1) / elapsed, 1))
-lat = []
+print(time.time() - started)
+PY
+cat >"$work/portico_latency.py" <<'PY'
+import http.client, json, statistics, sys, time
+port, token, latency_jobs, label = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+def conn():
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+c, lat = conn(), []
 for _ in range(latency_jobs):
     t0 = time.monotonic()
     c.request("POST", "/jobs/noop", body="{}", headers={"Authorization": "Bearer " + token,
@@ -209,7 +212,17 @@ PY
 
 for mode in persistent per_job; do
   start_portico "$mode"
-  python3 "$work/portico_e2e.py" "$port" "$token" "$jobs" "$latency_jobs" "$mode" \
+  sed "s|TOKEN|$token|" "$work/submit.lua" >"$work/submit_token.lua"
+  started=$(date +%s.%N)
+  wrk -t 2 -c "$connections" -d "$duration" -s "$work/submit_token.lua" \
+    "http://127.0.0.1:$port/noop/annotate" >"$work/wrk-e2e-$mode.txt"
+  submitted=$(awk '/requests in/ {print $1}' "$work/wrk-e2e-$mode.txt")
+  non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk-e2e-$mode.txt")
+  [ -n "$non2xx" ] && record "portico_${mode}_non_2xx" "$non2xx"
+  elapsed=$(python3 "$work/portico_drain.py" "$port" "$started")
+  record "portico_${mode}_jobs" "$submitted"
+  record "portico_${mode}_jobs_per_s" "$(python3 -c "print(round($submitted / $elapsed, 1))")"
+  python3 "$work/portico_latency.py" "$port" "$token" "$latency_jobs" "$mode" \
     | while read -r key value; do record "$key" "$value"; done
   stop_portico
 done
@@ -255,6 +268,7 @@ r = dict(line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if "\t" in 
 f = lambda k: float(r[k]) if k in r else float("nan")
 print("ratios:")
 print("  submissions/s portico/celery: %.1fx" % (f("portico_submit_per_s") / f("celery_submit_per_s")))
+print("  submissions/s with portico's slots running the jobs / celery: %.1fx" % (f("portico_submit_running_per_s") / f("celery_submit_per_s")))
 print("  jobs/s persistent/celery:     %.1fx" % (f("portico_persistent_jobs_per_s") / f("celery_jobs_per_s")))
 print("  jobs/s per_job/celery:        %.1fx" % (f("portico_per_job_jobs_per_s") / f("celery_jobs_per_s")))
 print("  jobs/s persistent/celery without confirms: %.1fx" % (f("portico_persistent_jobs_per_s") / f("celery_noconfirm_jobs_per_s")))

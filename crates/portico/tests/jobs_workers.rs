@@ -261,3 +261,54 @@ async fn a_worker_with_a_bad_token_or_service_says_so() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nope"), "{stderr}");
 }
+
+/// `workers = 0`: no local slot; jobs wait in the durable queue for remote workers.
+const REMOTE_ONLY: &str = r#"
+[jobs.security]
+jwt_key = "c2VjcmV0LWtleS1mb3ItdGVzdHM="
+
+[[jobs.service]]
+name = "farm"
+version = "1.0"
+noparams = true
+workers = 0
+command = ["sh", "-c", "echo 'this runs only on remote workers' >&2; exit 3"]
+"#;
+
+#[tokio::test]
+async fn a_service_with_no_local_slots_queues_its_jobs_for_remote_workers() {
+    let server = Portico::start(env!("CARGO_BIN_EXE_portico"), REMOTE_ONLY)
+        .await
+        .unwrap();
+    let token = token(&server);
+    let id = submit(&server, &token, "farm").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = job(&server, &id).await;
+    assert_eq!(
+        waiting["state"], "PENDING",
+        "no local slot ran it: {waiting}"
+    );
+    let capacity: Value = server
+        .client()
+        .get(server.url("/jobs/capacity"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let farm = &capacity["services"][0];
+    assert_eq!(farm["queue_depth"], 1, "{capacity}");
+
+    let _worker = Worker::start(
+        &server,
+        &token,
+        "farm",
+        "cat >/dev/null; echo '{\"ran\":\"remote\"}'",
+    );
+    let done = wait_until(&server, &id, Duration::from_secs(10), |j| {
+        j["state"] == "SUCCESS"
+    })
+    .await;
+    assert_eq!(done["result"], serde_json::json!({"ran": "remote"}));
+}

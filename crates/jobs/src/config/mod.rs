@@ -227,7 +227,8 @@ impl Workers {
         }
     }
 
-    /// `"4"` or `"1-8"` (MIN may be 0; MAX at least 1 and at least MIN).
+    /// `"4"` or `"1-8"` (MIN may be 0; MAX at least MIN). `0` (or `"0-0"`): no local slot,
+    /// the service's jobs wait for remote workers (`portico worker --gateway`).
     pub fn parse(text: &str) -> Result<Workers, String> {
         let number = |t: &str| {
             t.trim()
@@ -246,11 +247,9 @@ impl Workers {
 
     fn check(self) -> Result<Workers, String> {
         match self {
-            Workers::Fixed(0) => Err("must be at least 1".into()),
             Workers::Range { min, max } if min > max => {
                 Err(format!("MIN ({min}) is more than MAX ({max})"))
             }
-            Workers::Range { max: 0, .. } => Err("MAX must be at least 1".into()),
             Workers::Fixed(n) | Workers::Range { max: n, .. } if n > MAX_SLOTS => {
                 Err(format!("at most {MAX_SLOTS} slots"))
             }
@@ -661,7 +660,7 @@ mod tests {
             [[service]]
             name = "a/b"
             command = ["x"]
-            workers = 0
+            workers = -1
             [[service]]
             name = "ok"
             command = ["x"]
@@ -719,7 +718,12 @@ mod tests {
             Workers::parse(" 2 - 2 "),
             Ok(Workers::Range { min: 2, max: 2 })
         );
-        for bad in ["0", "0-0", "3-1", "", "-", "1-", "a-b", "1-2-3", "99999"] {
+        assert_eq!(
+            Workers::parse("0"),
+            Ok(Workers::Fixed(0)),
+            "remote workers only"
+        );
+        for bad in ["3-1", "", "-", "1-", "a-b", "1-2-3", "99999"] {
             assert!(Workers::parse(bad).is_err(), "{bad:?}");
         }
     }
