@@ -666,3 +666,345 @@ doc = "missing-file.html"
         "{text}"
     );
 }
+
+/// A token from `portico token` for `server`'s config (no Python needed).
+fn portico_token(server: &Portico) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["token", "--ttl", "10m", "--config"])
+        .arg(server.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// `CONFIG` with top-level `[jobs]` keys and `extra` sections after it.
+async fn start_with(jobs_keys: &str, extra: &str) -> Portico {
+    let config = format!("[jobs]\n{jobs_keys}\n{CONFIG}\n{extra}");
+    Portico::start(env!("CARGO_BIN_EXE_portico"), &config)
+        .await
+        .expect("portico starts")
+}
+
+/// GETs `url` (a temporary file's): status, content type, bytes.
+async fn fetch(server: &Portico, url: &str) -> (u16, String, Vec<u8>) {
+    let response = server.client().get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (
+        status,
+        content_type,
+        response.bytes().await.unwrap().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn multipart_submissions_are_request_values_and_files_become_temporary_urls() {
+    let server = start().await;
+    let token = portico_token(&server);
+    let form = reqwest::multipart::Form::new()
+        .text("lang", "en")
+        .text("model", "large")
+        .text("model", "small")
+        .part(
+            "audio",
+            reqwest::multipart::Part::bytes(b"RIFF....WAVE".to_vec())
+                .file_name("a.wav")
+                .mime_str("audio/wav")
+                .unwrap(),
+        );
+    let response = server
+        .client()
+        .post(server.url("/echo/process?lang=fr"))
+        .header("Authorization", &token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(response).await;
+    assert_eq!(status, 200, "{body}");
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_string();
+    let body = wait_for(&server, "echo", &uuid, "SUCCESS").await;
+    let misc = json(&body)["result"]["service"]["misc"].clone();
+    assert_eq!(misc["lang"], "fr", "the query's value comes first");
+    assert_eq!(misc["model"], "large", "first value per key");
+    assert!(misc.get("audio").is_none(), "a file is not a value: {misc}");
+    let url = misc["audio_url"].as_str().expect("audio_url").to_string();
+    assert!(
+        url.starts_with(&server.url("/temporary_file/")),
+        "{url} is the gateway's own"
+    );
+    let (status, content_type, bytes) = fetch(&server, &url).await;
+    assert_eq!((status, content_type.as_str()), (200, "audio/wav"));
+    assert_eq!(bytes, b"RIFF....WAVE");
+
+    // A file part named `doc` is the document (`doc_url`).
+    let form = reqwest::multipart::Form::new()
+        .text("ann_doc_id", "A1")
+        .part(
+            "doc",
+            reqwest::multipart::Part::bytes(b"text".to_vec()).file_name("d.txt"),
+        );
+    let response = server
+        .client()
+        .post(server.url("/echo/annotate"))
+        .header("Authorization", &token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(response).await;
+    assert_eq!(status, 200, "{body}");
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_string();
+    let body = wait_for(&server, "echo", &uuid, "SUCCESS").await;
+    let message = json(&body)["result"].clone();
+    let url = message["service"]["document"]["url"]
+        .as_str()
+        .expect("document.url")
+        .to_string();
+    assert!(
+        url.starts_with(&server.url("/temporary_file/")),
+        "{message}"
+    );
+    assert_eq!(
+        message["annotation_service"]["url"],
+        "http://localhost:5001/document/A1/annotations?storageType=2"
+    );
+    assert_eq!(fetch(&server, &url).await.2, b"text");
+}
+
+#[tokio::test]
+async fn bad_multipart_bodies_are_400_saying_what_was_wrong() {
+    let server = start().await;
+    let token = portico_token(&server);
+    let post = |content_type: &'static str, body: &'static [u8]| {
+        server
+            .client()
+            .post(server.url("/echo/process"))
+            .header("Authorization", &token)
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+    };
+    let (status, content_type, body) =
+        text(post("multipart/form-data", b"--x\r\n").await.unwrap()).await;
+    assert_eq!((status, content_type.as_str()), (400, "application/json"));
+    assert_vesta(&body, 400, 101);
+    assert!(body.contains("no boundary"), "{body}");
+    let truncated = b"--XyZ\r\nContent-Disposition: form-data; name=\"lang\"\r\n\r\nen";
+    let (status, _, body) = text(
+        post("multipart/form-data; boundary=XyZ", truncated)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_vesta(&body, 400, 101);
+    assert!(body.contains("malformed"), "{body}");
+    let binary =
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"lang\"\r\n\r\n\xff\xfe\r\n--XyZ--\r\n";
+    let (status, _, body) = text(
+        post("multipart/form-data; boundary=XyZ", binary)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\\\"lang\\\""), "names the field: {body}");
+    let unauthorized = server
+        .client()
+        .post(server.url("/echo/process"))
+        .multipart(reqwest::multipart::Form::new().text("a", "b"))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(unauthorized).await;
+    assert_eq!(status, 401, "{body}");
+}
+
+#[tokio::test]
+async fn temporary_files_upload_download_and_their_errors() {
+    let server = start().await;
+    let token = portico_token(&server);
+    let (status, _, body) = text(
+        server
+            .client()
+            .get(server.url("/temporary_upload_path"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 401, "a token is needed: {body}");
+    let path = |token: &str| {
+        server
+            .client()
+            .get(server.url("/temporary_upload_path"))
+            .header("Authorization", token.to_string())
+            .send()
+    };
+    let (status, content_type, body) = text(path(&token).await.unwrap()).await;
+    assert_eq!((status, content_type.as_str()), (200, "application/json"));
+    let url = json(&body)["url"].as_str().unwrap().to_string();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    assert_eq!(json(&body)["name"], name);
+    assert!(name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+    let (_, _, other) = text(path(&token).await.unwrap()).await;
+    assert_ne!(json(&other)["url"], url, "every path is fresh");
+    let (status, _, body) = text(fetch_response(&server, &url).await).await;
+    assert_eq!(status, 404, "nothing is stored before the upload: {body}");
+
+    let upload = |url: String, bytes: &'static [u8]| {
+        server
+            .client()
+            .post(url)
+            .header("Authorization", &token)
+            .header("Content-Type", "text/csv")
+            .body(bytes)
+            .send()
+    };
+    let (status, _, body) = text(upload(url.clone(), b"a,b\n1,2\n").await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["url"], url);
+    let (status, content_type, bytes) = fetch(&server, &url).await;
+    assert_eq!((status, content_type.as_str()), (200, "text/csv"));
+    assert_eq!(bytes, b"a,b\n1,2\n");
+    let (status, _, body) = text(upload(url.clone(), b"other").await.unwrap()).await;
+    assert_eq!(status, 409, "a file is never replaced: {body}");
+    assert_eq!(fetch(&server, &url).await.2, b"a,b\n1,2\n");
+
+    // Multipart `file` part, to the name-less route.
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![0u8, 1, 2, 255])
+            .file_name("x.bin")
+            .mime_str("application/x-thing")
+            .unwrap(),
+    );
+    let response = server
+        .client()
+        .post(server.url("/temporary_file"))
+        .header("Authorization", &token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(response).await;
+    assert_eq!(status, 200, "{body}");
+    let second = json(&body)["url"].as_str().unwrap().to_string();
+    let (status, content_type, bytes) = fetch(&server, &second).await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/x-thing")
+    );
+    assert_eq!(bytes, [0u8, 1, 2, 255]);
+    let no_file = server
+        .client()
+        .post(server.url("/temporary_file"))
+        .header("Authorization", &token)
+        .multipart(reqwest::multipart::Form::new().text("file", "not a file"))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(no_file).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("file"), "{body}");
+    let unauthorized = server
+        .client()
+        .post(server.url("/temporary_file"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status().as_u16(), 401);
+
+    let unknown = server.url(&format!("/temporary_file/{}", "0".repeat(32)));
+    let (status, content_type, body) = text(fetch_response(&server, &unknown).await).await;
+    assert_eq!((status, content_type.as_str()), (404, "application/json"));
+    assert_vesta(&body, 404, 101);
+    for bad in ["..%2F..%2Fjwt.key", "ABCDEF", "jwt.key", &"g".repeat(32)] {
+        let bad_url = server.url(&format!("/temporary_file/{bad}"));
+        let (status, _, body) = text(fetch_response(&server, &bad_url).await).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_vesta(&body, 400, 101);
+        let (status, _, body) = text(upload(bad_url, b"x").await.unwrap()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
+    // A job reads it by URL.
+    let response = server
+        .client()
+        .post(server.url("/transcoder/annotate"))
+        .header("Authorization", &token)
+        .form(&[("doc_url", url.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(response).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn fetch_response(server: &Portico, url: &str) -> reqwest::Response {
+    server.client().get(url).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn temporary_files_have_a_quota_a_body_limit_and_expire() {
+    let server = start_with(
+        "temporary_files_ttl = \"2s\"\ntemporary_files_max_bytes = 3000",
+        "[limits]\nmax_body_bytes = 5000",
+    )
+    .await;
+    let token = portico_token(&server);
+    let upload = |size: usize| {
+        server
+            .client()
+            .post(server.url("/temporary_file"))
+            .header("Authorization", &token)
+            .body(vec![b'x'; size])
+            .send()
+    };
+    let (status, _, body) = text(upload(2000).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let first = json(&body)["url"].as_str().unwrap().to_string();
+    let (status, content_type, bytes) = fetch(&server, &first).await;
+    assert_eq!(
+        (status, content_type.as_str(), bytes.len()),
+        (200, "application/octet-stream", 2000)
+    );
+    let (status, _, body) = text(upload(2000).await.unwrap()).await;
+    assert_eq!(status, 507, "over the total quota: {body}");
+    assert_vesta(&body, 507, 101);
+    assert!(body.contains("temporary_files_max_bytes"), "{body}");
+    let (status, _, body) = text(upload(4000).await.unwrap()).await;
+    assert_eq!(status, 413, "larger than the quota itself: {body}");
+    let (status, _, _) = text(upload(6000).await.unwrap()).await;
+    assert_eq!(status, 413, "over the gateway's body limit");
+    let leftovers = std::fs::read_dir(server.data_dir().join("temporary_files"))
+        .unwrap()
+        .count();
+    assert_eq!(leftovers, 2, "one file and its meta, nothing half-written");
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, _, body) = fetch(&server, &first).await;
+    assert_eq!(status, 404, "expired: {}", String::from_utf8_lossy(&body));
+    let (status, _, body) = text(upload(2000).await.unwrap()).await;
+    assert_eq!(status, 200, "the expired file was swept: {body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let path = server
+        .data_dir()
+        .join("temporary_files")
+        .join(first.rsplit('/').next().unwrap());
+    while path.exists() {
+        assert!(Instant::now() < deadline, "the expired file stays on disk");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
