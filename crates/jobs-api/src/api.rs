@@ -6,6 +6,8 @@
 //!   `GET /<svc>/[service/]info`, `GET /<svc>/[service/]stats`, the CANARIE pages under
 //!   `/<svc>/` and `/<svc>/service/`, and `GET /<svc>/` (home) — see [`crate::legacy`];
 //! - `GET /info`, `/service/info`, `/stats` for the whole gateway;
+//! - simple workflows: `POST /simple_workflow/process`, `GET /simple_workflow/status`,
+//!   `GET /simple_workflow/cancel` ([`crate::workflow`]);
 //! - the temporary files: `GET /temporary_upload_path`, `POST /temporary_file[/<name>]`,
 //!   `GET /temporary_file/<name>` ([`crate::uploads`]);
 //! - the modern API under `/jobs` ([`crate::modern`]).
@@ -25,7 +27,7 @@ use crate::canarie::{PageAnswer, ServiceDescription, PAGES};
 use crate::jwt::Verifier;
 use crate::submission::StorageUrls;
 use crate::temporary::TempFiles;
-use crate::{legacy, modern, pull, uploads};
+use crate::{legacy, modern, pull, uploads, workflow};
 
 /// Service names the job service may not take: its own top-level paths.
 pub const RESERVED_NAMES: &[&str] = &[
@@ -198,6 +200,9 @@ pub fn router(api: Arc<JobsApi>) -> Router {
         .route("/info", get(legacy::global_info))
         .route("/service/info", get(legacy::global_info))
         .route("/stats", get(legacy::global_stats))
+        .route("/simple_workflow/process", post(workflow::process))
+        .route("/simple_workflow/status", get(workflow::status))
+        .route("/simple_workflow/cancel", get(workflow::cancel))
         .route("/temporary_upload_path", get(uploads::upload_path))
         .route("/temporary_file", post(uploads::upload_new))
         .route(

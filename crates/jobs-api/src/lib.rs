@@ -30,6 +30,7 @@ pub mod temporary;
 mod uploads;
 pub mod vesta;
 pub mod worker;
+pub mod workflow;
 pub mod xml;
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ struct Inner {
     /// Invocations counted since the last flush, by service.
     unflushed: Mutex<HashMap<String, u64>>,
     db: Option<LocalDb>,
+    /// Where workflow drivers run.
+    background: service::Background,
 }
 
 /// What tests and tools may change in how [`Jobs`] opens.
@@ -143,6 +145,7 @@ impl Jobs {
             runners,
             unflushed: Mutex::default(),
             db: Some(db),
+            background: background.clone(),
         });
         let jobs = Jobs { inner };
         background.spawn_with_token("jobs-invocations", {
@@ -153,6 +156,13 @@ impl Jobs {
             let jobs = jobs.clone();
             async move { jobs.follow_capacity().await }
         });
+        let resumed = jobs.resume_workflows().await?;
+        if resumed > 0 {
+            tracing::info!(
+                resumed,
+                "resumed the workflows a previous run left unfinished"
+            );
+        }
         Ok(jobs)
     }
 
@@ -178,6 +188,24 @@ impl Jobs {
         self.check_service(service)?;
         let job = Job::new(service, message, OffsetDateTime::now_utc());
         self.inner.broker.submit(job).await
+    }
+
+    /// [`Jobs::submit`] with the job's id chosen by the caller (a workflow stores its
+    /// step's id before submitting it).
+    pub async fn submit_with_id(
+        &self,
+        service: &str,
+        id: JobId,
+        message: Value,
+    ) -> Result<Job, Error> {
+        self.check_service(service)?;
+        let mut job = Job::new(service, message, OffsetDateTime::now_utc());
+        job.id = id;
+        self.inner.broker.submit(job).await
+    }
+
+    pub(crate) fn background(&self) -> &service::Background {
+        &self.inner.background
     }
 
     pub async fn job(&self, id: &JobId) -> Result<Option<Job>, Error> {

@@ -1008,3 +1008,265 @@ async fn temporary_files_have_a_quota_a_body_limit_and_expire() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Services the workflow tests add: one that fails, one that takes a while.
+const WORKFLOW_SERVICES: &str = r#"
+[[jobs.service]]
+name = "fails"
+version = "1.0"
+noparams = true
+max_attempts = 1
+command = ["sh", "-c", "cat >/dev/null; echo 'progress 20' >&2; echo 'no model for this language' >&2; exit 3"]
+
+[[jobs.service]]
+name = "nap"
+version = "1.0"
+noparams = true
+command = ["sh", "-c", "cat >/dev/null; echo 'progress 50' >&2; sleep 3; echo '{\"napped\": true}'"]
+"#;
+
+/// Posts a workflow; status and body.
+async fn post_workflow(server: &Portico, token: &str, body: &str) -> (u16, String) {
+    let response = server
+        .client()
+        .post(server.url("/simple_workflow/process"))
+        .header("Authorization", token)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(response).await;
+    (status, body)
+}
+
+/// Polls the workflow's status until a final state; every body seen, in order.
+async fn follow_workflow(server: &Portico, uuid: &str) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen: Vec<Value> = Vec::new();
+    loop {
+        let url = server.url(&format!("/simple_workflow/status?uuid={uuid}"));
+        let (status, _, body) = text(server.client().get(url).send().await.unwrap()).await;
+        assert_eq!(status, 200, "{body}");
+        let value = json(&body);
+        let state = value["status"].as_str().unwrap().to_string();
+        if seen.last() != Some(&value) {
+            seen.push(value);
+        }
+        if ["SUCCESS", "FAILURE", "REVOKED"].contains(&state.as_str()) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "never final: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_workflow_runs_its_steps_in_order_passing_each_result_on() {
+    let server = start().await;
+    let token = portico_token(&server);
+    let body = r#"{"steps": ["transcoder", {"service": "echo", "misc": {"speakers": 2}}],
+                   "doc_url": "http://h/a.wav", "misc": {"lang": "fr"}}"#;
+    let (status, body) = post_workflow(&server, &token, body).await;
+    assert_eq!(status, 200, "{body}");
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_string();
+    assert_eq!(body, format!("{{\"uuid\":\"{uuid}\"}}\n"));
+    let seen = follow_workflow(&server, &uuid).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["status"], "SUCCESS", "{seen:?}");
+    // The last step's result: echo answers its task message.
+    let message = &last["result"];
+    assert_eq!(message["service"]["document"]["url"], "http://h/a.wav");
+    let misc = &message["service"]["misc"];
+    assert_eq!(
+        misc["previous_result"],
+        serde_json::json!({"annotations": [1, 2.5, "\u{e9}"]}),
+        "the transcoder's result, passed on"
+    );
+    assert_eq!(misc["lang"], "fr");
+    assert_eq!(misc["speakers"], 2);
+    // Progress is overall, never goes back, and names the running step and its job.
+    let progress: Vec<&Value> = seen.iter().filter(|v| v["status"] == "PROGRESS").collect();
+    assert!(!progress.is_empty(), "{seen:?}");
+    let currents: Vec<u64> = progress
+        .iter()
+        .map(|v| v["result"]["current"].as_u64().unwrap())
+        .collect();
+    assert!(currents.windows(2).all(|w| w[0] <= w[1]), "{currents:?}");
+    assert!(currents.iter().all(|c| *c < 100), "{currents:?}");
+    for value in &progress {
+        let result = &value["result"];
+        assert_eq!(result["total"], 100);
+        assert_eq!(result["steps"], 2);
+        let service = result["service"].as_str().unwrap();
+        let job = result["job"].as_str().unwrap();
+        let url = server.url(&format!("/{service}/status?uuid={job}"));
+        let (status, _, body) = text(server.client().get(url).send().await.unwrap()).await;
+        assert_eq!(status, 200, "the step is a job of its service: {body}");
+    }
+    let steps_seen: Vec<u64> = progress
+        .iter()
+        .map(|v| v["result"]["step"].as_u64().unwrap())
+        .collect();
+    assert!(
+        steps_seen.windows(2).all(|w| w[0] <= w[1]),
+        "in order: {steps_seen:?}"
+    );
+    assert!(
+        progress.iter().all(|v| v["result"]["service"]
+            == ["transcoder", "echo"][v["result"]["step"].as_u64().unwrap() as usize]),
+        "{progress:?}"
+    );
+    assert!(
+        steps_seen.contains(&1),
+        "echo (300 ms a step) was seen running"
+    );
+    // The modern API sees the same record.
+    let response = server
+        .client()
+        .get(server.url(&format!("/jobs/{uuid}")))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["service"], "simple_workflow");
+    assert_eq!(json(&body)["progress"], 100);
+}
+
+#[tokio::test]
+async fn a_failing_step_fails_the_workflow_naming_it() {
+    let server = start_with("", WORKFLOW_SERVICES).await;
+    let token = portico_token(&server);
+    let (status, body) =
+        post_workflow(&server, &token, r#"{"steps": ["echo", "fails", "echo"]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_string();
+    let seen = follow_workflow(&server, &uuid).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["status"], "FAILURE", "{seen:?}");
+    let message = last["result"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("step 2 of 3") && message.contains("fails"),
+        "{message}"
+    );
+    assert_eq!(last["result"]["code"], 101);
+    assert!(
+        !seen
+            .iter()
+            .any(|v| v["status"] == "PROGRESS" && v["result"]["step"] == 2),
+        "the third step never ran: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_workflow_cancels_its_running_step() {
+    let server = start().await;
+    let token = portico_token(&server);
+    let (status, body) = post_workflow(&server, &token, r#"{"steps": ["echo", "slow"]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let step_job = loop {
+        let url = server.url(&format!("/simple_workflow/status?uuid={uuid}"));
+        let (_, _, body) = text(server.client().get(url).send().await.unwrap()).await;
+        let value = json(&body);
+        if value["result"]["service"] == "slow" && value["result"]["current"].as_u64() >= Some(55) {
+            break value["result"]["job"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "slow never ran: {body}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    };
+    let cancel = |token: Option<&str>| {
+        let mut request = server
+            .client()
+            .get(server.url(&format!("/simple_workflow/cancel?uuid={uuid}")));
+        if let Some(token) = token {
+            request = request.header("Authorization", token.to_string());
+        }
+        request.send()
+    };
+    let (status, _, body) = text(cancel(None).await.unwrap()).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, body) = text(cancel(Some(&token)).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["status"], "REVOKED", "{body}");
+    wait_for(&server, "slow", &step_job, "REVOKED").await;
+    let seen = follow_workflow(&server, &uuid).await;
+    assert_eq!(seen.last().unwrap()["status"], "REVOKED");
+}
+
+#[tokio::test]
+async fn workflows_are_checked_before_they_are_stored() {
+    let server = start().await;
+    let token = portico_token(&server);
+    let cases = [
+        (r#"{"steps": ["echo", "nope"]}"#, 202),
+        (r#"{"doc_url": "http://h/a"}"#, 206),
+        (r#"{"steps": ["echo", "transcoder"]}"#, 206),
+        (r#"{"steps": ["transcoder"], "doc_url": "nope"}"#, 207),
+        (r#"{"steps": "echo"}"#, 101),
+        (r#"not json"#, 101),
+    ];
+    for (body, code) in cases {
+        let (status, answer) = post_workflow(&server, &token, body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_vesta(&answer, 400, code);
+    }
+    let (status, body) = post_workflow(&server, "garbage", r#"{"steps": ["echo"]}"#).await;
+    assert_eq!(status, 401, "{body}");
+    let get = |path: String| server.client().get(server.url(&path)).send();
+    let (status, _, body) = text(get("/simple_workflow/status".into()).await.unwrap()).await;
+    assert_eq!(status, 400);
+    assert_vesta(&body, 400, 206);
+    let unknown = "8a3c1f2e-0000-4000-8000-000000000000";
+    let (status, _, body) = text(
+        get(format!("/simple_workflow/status?uuid={unknown}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_vesta(&body, 400, 203);
+    // A job of a service is not a workflow.
+    let job = annotate(&server, &token, "echo").await;
+    let (status, _, body) = text(
+        get(format!("/simple_workflow/status?uuid={job}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_vesta(&body, 400, 203);
+}
+
+#[tokio::test]
+async fn a_workflow_interrupted_by_a_crash_is_resumed_at_the_next_start() {
+    let mut server = start_with("", WORKFLOW_SERVICES).await;
+    let token = portico_token(&server);
+    let (status, body) = post_workflow(&server, &token, r#"{"steps": ["nap", "echo"]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = server.url(&format!("/simple_workflow/status?uuid={uuid}"));
+        let (_, _, body) = text(server.client().get(url).send().await.unwrap()).await;
+        if json(&body)["result"]["current"] == 25 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nap never reported progress: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    server.kill9();
+    server.restart().await.expect("portico restarts");
+    let seen = follow_workflow(&server, &uuid).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["status"], "SUCCESS", "{seen:?}");
+    assert_eq!(
+        last["result"]["service"]["misc"]["previous_result"],
+        serde_json::json!({"napped": true})
+    );
+}
