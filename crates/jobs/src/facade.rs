@@ -214,8 +214,22 @@ impl Jobs {
 
     /// Revokes: a queued job never starts, a running one has its process group killed;
     /// returns the job as it is at that instant (`None`: unknown id).
+    /// A workflow's cancel also cancels its running step.
     pub async fn cancel(&self, id: &JobId) -> Result<Option<Job>, Error> {
+        if self.workflow(id).await?.is_some() {
+            return self.cancel_workflow(id).await;
+        }
         self.inner.broker.cancel(*id).await
+    }
+
+    /// Cancels a job that is not a workflow (a workflow's step).
+    pub(crate) async fn cancel_job(&self, id: &JobId) -> Result<Option<Job>, Error> {
+        self.inner.broker.cancel(*id).await
+    }
+
+    /// Tells followers (`changes`) about a record changed outside the broker (workflows).
+    pub(crate) fn publish(&self, job: &Job) {
+        self.inner.hub.publish(job);
     }
 
     /// Every change of the job after version `after_version` (first item: the current

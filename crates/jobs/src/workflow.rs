@@ -139,11 +139,24 @@ impl Jobs {
         let revoke = Change::Revoke {
             reason: "the workflow was cancelled".into(),
         };
-        let applied = self.records().apply_one(*id, revoke).await?;
+        let applied = self.apply_to_workflow(*id, revoke).await?;
         if let Some(position) = position(&workflow) {
-            self.cancel(&position.job).await?;
+            self.cancel_job(&position.job).await?;
         }
         Ok(applied.map(|a| a.job))
+    }
+
+    /// Applies `change` to the workflow's record and tells its followers.
+    async fn apply_to_workflow(
+        &self,
+        id: JobId,
+        change: Change,
+    ) -> Result<Option<crate::records::Applied>, Error> {
+        let applied = self.records().apply_one(id, change).await?;
+        if let Some(applied) = applied.as_ref().filter(|a| a.changed) {
+            self.publish(&applied.job);
+        }
+        Ok(applied)
     }
 
     /// The workflow record `id` (`None`: unknown, or another service's job).
@@ -226,7 +239,7 @@ impl Jobs {
                         outcome: Outcome::Success(result),
                         log: String::new(),
                     };
-                    self.records().apply_one(id, finish).await?;
+                    self.apply_to_workflow(id, finish).await?;
                     return Ok(());
                 }
                 StepEnd::Failed(reason) => {
@@ -234,12 +247,11 @@ impl Jobs {
                         outcome: Outcome::Failure(reason),
                         log: String::new(),
                     };
-                    self.records().apply_one(id, finish).await?;
+                    self.apply_to_workflow(id, finish).await?;
                     return Ok(());
                 }
                 StepEnd::Revoked(reason) => {
-                    self.records()
-                        .apply_one(id, Change::Revoke { reason })
+                    self.apply_to_workflow(id, Change::Revoke { reason })
                         .await?;
                     return Ok(());
                 }
@@ -266,7 +278,7 @@ impl Jobs {
             let start = Change::Start {
                 worker: WORKFLOW_SERVICE.into(),
             };
-            self.records().apply_one(workflow.id, start).await?;
+            self.apply_to_workflow(workflow.id, start).await?;
         }
         let position = Position {
             step,
@@ -276,7 +288,7 @@ impl Jobs {
         let meta = progress_meta(&position, steps, 0, &Value::Null);
         let percent = overall(step, steps.len(), 0);
         let change = Change::Progress { percent, meta };
-        let applied = self.records().apply_one(workflow.id, change).await?;
+        let applied = self.apply_to_workflow(workflow.id, change).await?;
         if !applied.is_some_and(|a| a.changed) {
             return Ok(()); // cancelled meanwhile
         }
@@ -321,7 +333,7 @@ impl Jobs {
                     )),
                     log: String::new(),
                 };
-                self.records().apply_one(workflow.id, finish).await?;
+                self.apply_to_workflow(workflow.id, finish).await?;
                 return Ok(());
             }
             Err(error) => return Err(error),
@@ -332,7 +344,7 @@ impl Jobs {
             .await?
             .is_some_and(|w| w.state.is_final())
         {
-            self.cancel(&position.job).await?;
+            self.cancel_job(&position.job).await?;
         }
         Ok(())
     }
@@ -371,7 +383,7 @@ impl Jobs {
                 percent: overall(position.step, steps.len(), percent),
                 meta,
             };
-            let applied = self.records().apply_one(*id, change).await?;
+            let applied = self.apply_to_workflow(*id, change).await?;
             if applied.is_some_and(|a| a.job.state.is_final()) {
                 return Ok(StepEnd::Revoked("the workflow was cancelled".into()));
             }

@@ -1270,3 +1270,60 @@ async fn a_workflow_interrupted_by_a_crash_is_resumed_at_the_next_start() {
         serde_json::json!({"napped": true})
     );
 }
+
+#[tokio::test]
+async fn the_modern_api_streams_and_cancels_workflows() {
+    let server = start().await;
+    let token = portico_token(&server);
+    let (status, body) = post_workflow(&server, &token, r#"{"steps": ["echo", "echo"]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_string();
+    let response = server
+        .client()
+        .get(server.url(&format!("/jobs/{uuid}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let stream = tokio::time::timeout(Duration::from_secs(20), response.text())
+        .await
+        .expect("the stream ends at the final state")
+        .unwrap();
+    let events: Vec<&str> = stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("event:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(events.last(), Some(&"SUCCESS"), "{stream}");
+    let progress = events.iter().filter(|e| **e == "PROGRESS").count();
+    assert!(
+        progress >= 3,
+        "each change is pushed, not only read back every 2 s: {events:?}"
+    );
+
+    let (status, body) = post_workflow(&server, &token, r#"{"steps": ["slow"]}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let uuid = json(&body)["uuid"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let step_job = loop {
+        let url = server.url(&format!("/simple_workflow/status?uuid={uuid}"));
+        let (_, _, body) = text(server.client().get(url).send().await.unwrap()).await;
+        let value = json(&body);
+        if value["result"]["current"].as_u64() >= Some(10) {
+            break value["result"]["job"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "slow never ran: {body}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    };
+    let response = server
+        .client()
+        .delete(server.url(&format!("/jobs/{uuid}")))
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = text(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["state"], "REVOKED", "{body}");
+    wait_for(&server, "slow", &step_job, "REVOKED").await;
+}
