@@ -156,13 +156,11 @@ impl Jobs {
             let jobs = jobs.clone();
             async move { jobs.follow_capacity().await }
         });
-        let resumed = jobs.resume_workflows().await?;
-        if resumed > 0 {
-            tracing::info!(
-                resumed,
-                "resumed the workflows a previous run left unfinished"
-            );
-        }
+        // In the background: records in Redis may not answer yet, and opening need not wait.
+        background.spawn("jobs-workflows-resume", {
+            let jobs = jobs.clone();
+            async move { jobs.resume_workflows_until_done().await }
+        });
         Ok(jobs)
     }
 

@@ -4,8 +4,8 @@
 //!
 //! A workflow is a job record of the service [`WORKFLOW_SERVICE`] (no queue, no worker: a
 //! driver task in Portico moves it). Everything the driver needs is in the record, so a
-//! restart loses nothing ([`Jobs::resume_workflows`] restarts the driver of every workflow
-//! not final):
+//! restart loses nothing ([`Jobs::resume_workflows`], run in the background at open, restarts
+//! the driver of every workflow not final):
 //!
 //! - `message`: `{"steps": [{"service": S, "message": <task message>}, ...], "request": ...}`,
 //!   each step's task message built and checked by the API at submission;
@@ -190,6 +190,26 @@ impl Jobs {
             }
         }
         Ok(resumed)
+    }
+
+    /// [`Jobs::resume_workflows`], tried again every second until the records answer.
+    pub(crate) async fn resume_workflows_until_done(&self) {
+        loop {
+            match self.resume_workflows().await {
+                Ok(0) => return,
+                Ok(resumed) => {
+                    tracing::info!(
+                        resumed,
+                        "resumed the workflows a previous run left unfinished"
+                    );
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "resuming workflows: retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
     }
 
     fn spawn_driver(&self, id: JobId) {
