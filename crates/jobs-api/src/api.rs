@@ -6,6 +6,10 @@
 //!   `GET /<svc>/[service/]info`, `GET /<svc>/[service/]stats`, the CANARIE pages under
 //!   `/<svc>/` and `/<svc>/service/`, and `GET /<svc>/` (home) — see [`crate::legacy`];
 //! - `GET /info`, `/service/info`, `/stats` for the whole gateway;
+//! - simple workflows: `POST /simple_workflow/process`, `GET /simple_workflow/status`,
+//!   `GET /simple_workflow/cancel` ([`crate::workflow`]);
+//! - the temporary files: `GET /temporary_upload_path`, `POST /temporary_file[/<name>]`,
+//!   `GET /temporary_file/<name>` ([`crate::uploads`]);
 //! - the modern API under `/jobs` ([`crate::modern`]).
 //!
 //! Every legacy response carries the job service's name as its metric label.
@@ -17,15 +21,24 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 use jobs::config::JobsConfig;
-use service::{Label, RouteLabel};
+use service::{DataDir, Label, RouteLabel};
 
 use crate::canarie::{PageAnswer, ServiceDescription, PAGES};
 use crate::jwt::Verifier;
 use crate::submission::StorageUrls;
-use crate::{legacy, modern, pull};
+use crate::temporary::TempFiles;
+use crate::{legacy, modern, pull, uploads, workflow};
 
 /// Service names the job service may not take: its own top-level paths.
-pub const RESERVED_NAMES: &[&str] = &["jobs", "info", "stats", "service"];
+pub const RESERVED_NAMES: &[&str] = &[
+    "jobs",
+    "info",
+    "stats",
+    "service",
+    "simple_workflow",
+    "temporary_upload_path",
+    "temporary_file",
+];
 
 /// What the handlers share.
 pub struct JobsApi {
@@ -34,6 +47,9 @@ pub struct JobsApi {
     pub(crate) storage: StorageUrls,
     pub(crate) api_version: String,
     pub(crate) services: HashMap<String, ServiceEntry>,
+    pub(crate) temporary: Arc<TempFiles>,
+    /// `jobs.public_url` (no trailing `/`), or empty.
+    pub(crate) public_url: String,
 }
 
 /// One configured service, as the handlers need it.
@@ -54,12 +70,22 @@ pub enum BuildError {
     },
     #[error("jobs.security.jwt_key is unset and was not generated")]
     NoKey,
+    #[error("opening the temporary files under {path}: {error}")]
+    TemporaryFiles {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
 }
 
 impl JobsApi {
     /// The API over `jobs`; page files are read now, relative to `base` (the config file's
-    /// directory).
-    pub fn new(jobs: jobs::Jobs, base: &Path) -> Result<Arc<JobsApi>, BuildError> {
+    /// directory); temporary files live under `data_dir` (sweep them with
+    /// [`JobsApi::sweep_temporary_files`]).
+    pub fn new(
+        jobs: jobs::Jobs,
+        base: &Path,
+        data_dir: &DataDir,
+    ) -> Result<Arc<JobsApi>, BuildError> {
         let config = jobs.config().clone();
         let key = config.security.jwt_key.as_ref().ok_or(BuildError::NoKey)?;
         let verifier = Verifier::new(key, &config.security.jwt_audience, config.security.bypass);
@@ -67,7 +93,18 @@ impl JobsApi {
         for service in &config.services {
             services.insert(service.name.clone(), service_entry(service, base)?);
         }
+        let temporary = TempFiles::open(
+            data_dir,
+            config.temporary_files_ttl,
+            config.temporary_files_max_bytes,
+        )
+        .map_err(|error| BuildError::TemporaryFiles {
+            path: data_dir.path().join(crate::temporary::DIRECTORY),
+            error,
+        })?;
         Ok(Arc::new(JobsApi {
+            temporary: Arc::new(temporary),
+            public_url: config.public_url.clone(),
             storage: storage_urls(&config),
             api_version: config.api_version.clone(),
             verifier,
@@ -78,6 +115,16 @@ impl JobsApi {
 
     pub(crate) fn service(&self, name: &str) -> Option<&ServiceEntry> {
         self.services.get(name)
+    }
+
+    /// Removes expired temporary files every so often (a tenth of their time to live,
+    /// between 1 s and 1 min), until the future is dropped.
+    pub fn sweep_temporary_files(&self) -> impl std::future::Future<Output = ()> + Send {
+        let period = (self.temporary.ttl() / 10).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(60),
+        );
+        self.temporary.clone().sweep_every(period)
     }
 }
 
@@ -153,6 +200,15 @@ pub fn router(api: Arc<JobsApi>) -> Router {
         .route("/info", get(legacy::global_info))
         .route("/service/info", get(legacy::global_info))
         .route("/stats", get(legacy::global_stats))
+        .route("/simple_workflow/process", post(workflow::process))
+        .route("/simple_workflow/status", get(workflow::status))
+        .route("/simple_workflow/cancel", get(workflow::cancel))
+        .route("/temporary_upload_path", get(uploads::upload_path))
+        .route("/temporary_file", post(uploads::upload_new))
+        .route(
+            "/temporary_file/{name}",
+            post(uploads::upload_named).get(uploads::download),
+        )
         .merge(modern::router())
         .merge(pull::router());
     // Any other first segment: the original's "unknown service" (400, vesta 202) rather than

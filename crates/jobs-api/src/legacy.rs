@@ -14,8 +14,11 @@ use time::OffsetDateTime;
 
 use crate::api::{JobsApi, ServiceEntry};
 use crate::canarie::{info_response, stats_response};
+use crate::multipart::{self, Part};
 use crate::negotiate::{self, Format};
 use crate::submission::{build_message, RequestValues, Route, Submission, Target};
+use crate::temporary::DEFAULT_CONTENT_TYPE;
+use crate::uploads::Origin;
 use crate::vesta::{text_response, ApiError};
 use crate::{pyjson, status};
 
@@ -59,17 +62,29 @@ async fn count(api: &JobsApi, service: &str) {
 
 pub(crate) async fn annotate(
     State(api): Api,
+    origin: Origin,
     uri: Uri,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = submit(&api, &uri, Route::Annotate, None, query, &headers, body).await;
+    let result = submit(
+        &api,
+        &origin,
+        &uri,
+        Route::Annotate,
+        None,
+        query,
+        &headers,
+        body,
+    )
+    .await;
     answer(&headers, result)
 }
 
 pub(crate) async fn annotate_stored(
     State(api): Api,
+    origin: Origin,
     uri: Uri,
     Path(storage_doc_id): Path<String>,
     RawQuery(query): RawQuery,
@@ -77,23 +92,45 @@ pub(crate) async fn annotate_stored(
     body: Bytes,
 ) -> Response {
     let id = Some(storage_doc_id.as_str());
-    let result = submit(&api, &uri, Route::Annotate, id, query, &headers, body).await;
+    let result = submit(
+        &api,
+        &origin,
+        &uri,
+        Route::Annotate,
+        id,
+        query,
+        &headers,
+        body,
+    )
+    .await;
     answer(&headers, result)
 }
 
 pub(crate) async fn process(
     State(api): Api,
+    origin: Origin,
     uri: Uri,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = submit(&api, &uri, Route::Process, None, query, &headers, body).await;
+    let result = submit(
+        &api,
+        &origin,
+        &uri,
+        Route::Process,
+        None,
+        query,
+        &headers,
+        body,
+    )
+    .await;
     answer(&headers, result)
 }
 
 pub(crate) async fn process_stored(
     State(api): Api,
+    origin: Origin,
     uri: Uri,
     Path(storage_doc_id): Path<String>,
     RawQuery(query): RawQuery,
@@ -101,25 +138,39 @@ pub(crate) async fn process_stored(
     body: Bytes,
 ) -> Response {
     let id = Some(storage_doc_id.as_str());
-    let result = submit(&api, &uri, Route::Process, id, query, &headers, body).await;
+    let result = submit(
+        &api,
+        &origin,
+        &uri,
+        Route::Process,
+        id,
+        query,
+        &headers,
+        body,
+    )
+    .await;
     answer(&headers, result)
 }
 
 /// What the body of a submission holds.
 enum Body {
     Form(Bytes),
+    Multipart(Vec<Part>),
     Json(Map<String, Value>),
     None,
 }
 
-fn read_body(headers: &HeaderMap, body: Bytes, route: Route) -> Result<Body, ApiError> {
-    let content_type = headers
+async fn read_body(headers: &HeaderMap, body: Bytes, route: Route) -> Result<Body, ApiError> {
+    let raw_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+        .unwrap_or_default();
+    let content_type = raw_type.to_ascii_lowercase();
     if content_type.starts_with("application/x-www-form-urlencoded") {
         return Ok(Body::Form(body));
+    }
+    if multipart::is_multipart(&content_type) {
+        return Ok(Body::Multipart(multipart::parse(raw_type, body).await?));
     }
     if content_type.starts_with("application/json") && route != Route::Annotate {
         if body.iter().all(u8::is_ascii_whitespace) {
@@ -138,8 +189,10 @@ fn read_body(headers: &HeaderMap, body: Bytes, route: Route) -> Result<Body, Api
     Ok(Body::None)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn submit(
     api: &JobsApi,
+    origin: &Origin,
     uri: &Uri,
     route: Route,
     storage_doc_id: Option<&str>,
@@ -149,7 +202,11 @@ async fn submit(
 ) -> Result<Response, ApiError> {
     authorize(api, headers)?;
     let entry = entry(api, uri)?;
-    let (values, json_body) = match read_body(headers, body, route)? {
+    let (values, json_body) = match read_body(headers, body, route).await? {
+        Body::Multipart(parts) => (
+            multipart_values(api, origin, query.as_deref(), parts).await?,
+            None,
+        ),
         Body::Form(form) => (
             RequestValues::from_query_and_form(query.as_deref(), Some(&form)),
             None,
@@ -172,6 +229,41 @@ async fn submit(
     let job = submit_message(api, entry, submission).await?;
     let body = pyjson::body(&json!({"uuid": job.id.to_string()}));
     Ok(text_response(StatusCode::OK, Format::Json, body))
+}
+
+/// Request values of a multipart submission: the query's, then each part's in order (first
+/// value per key). A file part is stored as a temporary file and its URL given as
+/// `<part name>_url` (so `-F doc=@a.wav` is `doc_url`).
+async fn multipart_values(
+    api: &JobsApi,
+    origin: &Origin,
+    query: Option<&str>,
+    parts: Vec<Part>,
+) -> Result<RequestValues, ApiError> {
+    let mut values = RequestValues::from_query_and_form(query, None);
+    for part in parts {
+        match part {
+            Part::Field { name, value } => values.push(&name, &value),
+            Part::File {
+                name,
+                filename,
+                content_type,
+                data,
+            } => {
+                let key = format!("{name}_url");
+                if values.get(&key).is_some() {
+                    continue;
+                }
+                let content_type = content_type.as_deref().unwrap_or(DEFAULT_CONTENT_TYPE);
+                let stored = api
+                    .temporary
+                    .store(None, data, content_type, Some(filename))
+                    .await?;
+                values.push(&key, &origin.file_url(&stored));
+            }
+        }
+    }
+    Ok(values)
 }
 
 /// Builds the task message and submits it (durable before this returns).

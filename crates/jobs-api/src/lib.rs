@@ -7,7 +7,8 @@
 //! [`pyjson`] writes JSON as Flask did, [`xml`] status documents as `dicttoxml` did,
 //! [`negotiate`] picks JSON, HTML or XML from `Accept`, [`vesta`] is the one place that maps
 //! failures to statuses and vesta codes, [`jwt`] checks and makes tokens, [`submission`]
-//! builds the task message, [`canarie`] the registry pages, [`migrate`] reads the
+//! builds the task message, [`multipart`] reads `multipart/form-data` bodies, [`temporary`]
+//! keeps uploaded temporary files, [`canarie`] the registry pages, [`migrate`] reads the
 //! original's Python config.
 
 #![forbid(unsafe_code)]
@@ -19,13 +20,17 @@ pub mod jwt;
 mod legacy;
 pub mod migrate;
 mod modern;
+pub mod multipart;
 pub mod negotiate;
 pub mod pull;
 pub mod pyjson;
 pub mod status;
 pub mod submission;
+pub mod temporary;
+mod uploads;
 pub mod vesta;
 pub mod worker;
+pub mod workflow;
 pub mod xml;
 
 #[cfg(test)]

@@ -55,6 +55,8 @@ struct Inner {
     /// Invocations counted since the last flush, by service.
     unflushed: Mutex<HashMap<String, u64>>,
     db: Option<LocalDb>,
+    /// Where workflow drivers run.
+    background: service::Background,
 }
 
 /// What tests and tools may change in how [`Jobs`] opens.
@@ -143,6 +145,7 @@ impl Jobs {
             runners,
             unflushed: Mutex::default(),
             db: Some(db),
+            background: background.clone(),
         });
         let jobs = Jobs { inner };
         background.spawn_with_token("jobs-invocations", {
@@ -152,6 +155,11 @@ impl Jobs {
         background.spawn("jobs-capacity", {
             let jobs = jobs.clone();
             async move { jobs.follow_capacity().await }
+        });
+        // In the background: records in Redis may not answer yet, and opening need not wait.
+        background.spawn("jobs-workflows-resume", {
+            let jobs = jobs.clone();
+            async move { jobs.resume_workflows_until_done().await }
         });
         Ok(jobs)
     }
@@ -180,14 +188,46 @@ impl Jobs {
         self.inner.broker.submit(job).await
     }
 
+    /// [`Jobs::submit`] with the job's id chosen by the caller (a workflow stores its
+    /// step's id before submitting it).
+    pub async fn submit_with_id(
+        &self,
+        service: &str,
+        id: JobId,
+        message: Value,
+    ) -> Result<Job, Error> {
+        self.check_service(service)?;
+        let mut job = Job::new(service, message, OffsetDateTime::now_utc());
+        job.id = id;
+        self.inner.broker.submit(job).await
+    }
+
+    pub(crate) fn background(&self) -> &service::Background {
+        &self.inner.background
+    }
+
     pub async fn job(&self, id: &JobId) -> Result<Option<Job>, Error> {
         self.inner.records.get(*id).await
     }
 
     /// Revokes: a queued job never starts, a running one has its process group killed;
     /// returns the job as it is at that instant (`None`: unknown id).
+    /// A workflow's cancel also cancels its running step.
     pub async fn cancel(&self, id: &JobId) -> Result<Option<Job>, Error> {
+        if self.workflow(id).await?.is_some() {
+            return self.cancel_workflow(id).await;
+        }
         self.inner.broker.cancel(*id).await
+    }
+
+    /// Cancels a job that is not a workflow (a workflow's step).
+    pub(crate) async fn cancel_job(&self, id: &JobId) -> Result<Option<Job>, Error> {
+        self.inner.broker.cancel(*id).await
+    }
+
+    /// Tells followers (`changes`) about a record changed outside the broker (workflows).
+    pub(crate) fn publish(&self, job: &Job) {
+        self.inner.hub.publish(job);
     }
 
     /// Every change of the job after version `after_version` (first item: the current

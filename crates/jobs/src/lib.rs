@@ -10,6 +10,7 @@
 //! - [`runner`]: local worker slots running a service's command, fed by a `JobSource`.
 //! - [`capacity`]: what each service needs (`GET /jobs/capacity`, gauges, autoscaling).
 //! - [`conformance`]: the suites every records store and broker must pass.
+//! - [`workflow`]: simple workflows, chains of services driven from their records.
 //! - [`Jobs`]: the facade, and [`Error`], one error type saying whether a retry can help.
 //!
 //! Wiring (what `portico serve` does):
@@ -36,6 +37,7 @@ mod hub;
 pub mod model;
 pub mod records;
 pub mod runner;
+pub mod workflow;
 
 pub use capacity::ServiceCapacity;
 pub use config::JobsConfig;

@@ -53,6 +53,10 @@ pub struct JobsConfig {
     pub target_wait: Duration,
     pub scale_down_delay: Duration,
     pub max_output: usize,
+    pub temporary_files_ttl: Duration,
+    pub temporary_files_max_bytes: u64,
+    /// Without a trailing `/`; empty: from each request.
+    pub public_url: String,
     pub security: Security,
     pub storage: Storage,
     pub services: Vec<ServiceConfig>,
@@ -300,6 +304,9 @@ impl RawJobsConfig {
             target_wait,
             scale_down_delay,
             max_output,
+            temporary_files_ttl,
+            temporary_files_max_bytes,
+            public_url,
             security,
             storage,
             services,
@@ -341,6 +348,16 @@ impl RawJobsConfig {
         if max_output < 1024 {
             problems.add("jobs.max_output", "must be at least 1024 bytes");
         }
+        if temporary_files_ttl.is_zero() {
+            problems.add("jobs.temporary_files_ttl", "must be more than 0s");
+        }
+        if *temporary_files_max_bytes == 0 {
+            problems.add("jobs.temporary_files_max_bytes", "must be more than 0");
+        }
+        let public_url = validate_public_url(public_url).unwrap_or_else(|p| {
+            problems.add("jobs.public_url", p);
+            String::new()
+        });
         let security = validate_security(security, &mut problems);
         let embedded = broker == BrokerConfig::Embedded;
         let services = validate_services(services, embedded, taken, &mut problems);
@@ -361,11 +378,31 @@ impl RawJobsConfig {
             target_wait: *target_wait,
             scale_down_delay: *scale_down_delay,
             max_output,
+            temporary_files_ttl: *temporary_files_ttl,
+            temporary_files_max_bytes: *temporary_files_max_bytes,
+            public_url,
             security,
             storage: storage.clone(),
             services,
         })
     }
+}
+
+/// `""`, or an `http(s)://host[:port][/path]` URL without query, kept without its trailing `/`.
+fn validate_public_url(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{text:?} is not an http:// or https:// URL with a host"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{text:?} may not have a query or a fragment"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
 }
 
 fn parse_broker(text: &str) -> Result<BrokerConfig, String> {
@@ -789,5 +826,36 @@ mod tests {
         assert_eq!(example.max_output, defaults.max_output);
         assert_eq!(example.state_timeout, defaults.state_timeout);
         assert_eq!(example.state_prefix, defaults.state_prefix);
+        assert_eq!(example.temporary_files_ttl, defaults.temporary_files_ttl);
+        assert_eq!(
+            example.temporary_files_max_bytes,
+            defaults.temporary_files_max_bytes
+        );
+        assert_eq!(example.public_url, defaults.public_url);
+    }
+
+    #[test]
+    fn temporary_file_keys_and_the_public_url_are_checked() {
+        let raw = RawJobsConfig {
+            temporary_files_ttl: Duration::ZERO,
+            temporary_files_max_bytes: 0,
+            public_url: "ftp://h".into(),
+            ..RawJobsConfig::default()
+        };
+        let problems = raw.validate().unwrap_err().join("\n");
+        assert!(problems.contains("jobs.temporary_files_ttl"), "{problems}");
+        assert!(
+            problems.contains("jobs.temporary_files_max_bytes"),
+            "{problems}"
+        );
+        assert!(problems.contains("jobs.public_url"), "{problems}");
+        let raw = RawJobsConfig {
+            public_url: "https://gw.example.org/base/".into(),
+            ..RawJobsConfig::default()
+        };
+        assert_eq!(
+            raw.validate().unwrap().public_url,
+            "https://gw.example.org/base"
+        );
     }
 }

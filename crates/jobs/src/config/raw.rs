@@ -30,6 +30,8 @@ pub const DEFAULT_POST_ANNOTATIONS_URL: &str =
     "http://localhost:5001/document/{ann_doc_id}/annotations?storageType=2";
 pub const DEFAULT_MODE: &str = "per_job";
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const DEFAULT_TEMPORARY_FILES_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_TEMPORARY_FILES_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// `[jobs]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -68,6 +70,14 @@ pub struct RawJobsConfig {
     pub scale_down_delay: Duration,
     /// Most bytes of a command's stdout kept as its result (more fails the job).
     pub max_output: u64,
+    /// How long a temporary file (`POST /temporary_file`) is kept after its upload.
+    #[serde(with = "humantime_serde")]
+    pub temporary_files_ttl: Duration,
+    /// Most bytes all temporary files may hold together (an upload past it: 507).
+    pub temporary_files_max_bytes: u64,
+    /// The gateway's URL as clients reach it (`https://gw.example.org`), the base of
+    /// temporary file URLs; empty: the request's scheme and `Host`.
+    pub public_url: String,
     pub security: RawSecurity,
     pub storage: RawStorage,
     #[serde(rename = "service")]
@@ -91,6 +101,9 @@ impl Default for RawJobsConfig {
             target_wait: DEFAULT_TARGET_WAIT,
             scale_down_delay: DEFAULT_SCALE_DOWN_DELAY,
             max_output: DEFAULT_MAX_OUTPUT,
+            temporary_files_ttl: DEFAULT_TEMPORARY_FILES_TTL,
+            temporary_files_max_bytes: DEFAULT_TEMPORARY_FILES_MAX_BYTES,
+            public_url: String::new(),
             security: RawSecurity::default(),
             storage: RawStorage::default(),
             services: Vec::new(),

@@ -78,7 +78,10 @@ impl BuiltIn for Jobs {
         )
         .await?;
         // Page files (`doc = "doc.html"`) are read now, relative to the working directory.
-        let api = jobs_api::api::JobsApi::new(jobs.clone(), Path::new("."))?;
+        let api = jobs_api::api::JobsApi::new(jobs.clone(), Path::new("."), context.data_dir)?;
+        context
+            .background
+            .spawn("jobs-temporary-files", api.sweep_temporary_files());
         let (on_drain, on_stop) = (jobs.clone(), jobs);
         Ok(Service::new(Self::NAME, jobs_api::api::router(api))
             .with_background(context.background)
