@@ -28,7 +28,9 @@ mod testserver;
 mod tmpfs;
 
 pub use python::{python3, Venv};
-pub use redis::{have_root, server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
+pub use redis::{
+    have_root, server_missing, test_amqp_url, test_redis_url, unique_key_prefix, PrivateRedis,
+};
 pub use testserver::{free_port, testserver_bin, TestServer};
 pub use tmpfs::Tmpfs;
 
