@@ -1,7 +1,7 @@
 //! `celery.pidbox`: Celery's control channel (kombu's `Mailbox`), as Portico speaks it.
 //!
-//! - Broadcasts go to the fanout exchange `celery.pidbox` (not durable, auto-delete, as
-//!   kombu declares it: other flags make RabbitMQ refuse the workers' declare with 406) with
+//! - Broadcasts go to the fanout exchange `celery.pidbox` (not durable; kombu's own flags,
+//!   see [`declare_exchanges`]: other flags make RabbitMQ refuse a declare with 406) with
 //!   the body `{"method","arguments","destination","pattern","matcher"}` and the headers
 //!   `clock` and `expires`; a request that wants answers adds `ticket` and `reply_to`
 //!   `{"exchange":"reply.celery.pidbox","routing_key":<our id>}`.
@@ -21,7 +21,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -37,29 +37,41 @@ pub fn now_seconds() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Declares both exchanges with kombu's flags.
-pub async fn declare_exchanges(channel: &Channel) -> Result<(), lapin::Error> {
-    let options = ExchangeDeclareOptions {
-        durable: false,
-        auto_delete: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(
-            EXCHANGE,
-            ExchangeKind::Fanout,
-            options,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            REPLY_EXCHANGE,
-            ExchangeKind::Direct,
-            options,
-            FieldTable::default(),
-        )
-        .await
+/// Makes sure both exchanges exist without fighting the workers over their flags: kombu
+/// changed them (Celery 4.3's kombu declared them auto-delete; Celery 5.7's does not), and
+/// RabbitMQ refuses a declare whose flags differ with 406, closing the channel. So each is
+/// declared passively first, and only when missing is it made, with current kombu's flags
+/// (not durable, not auto-delete).
+pub async fn declare_exchanges(connection: &Connection) -> Result<(), lapin::Error> {
+    for (name, kind) in [
+        (EXCHANGE, ExchangeKind::Fanout),
+        (REPLY_EXCHANGE, ExchangeKind::Direct),
+    ] {
+        let probe = connection.create_channel().await?;
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let exists = probe
+            .exchange_declare(name, kind.clone(), passive, FieldTable::default())
+            .await
+            .is_ok();
+        if exists {
+            let _ = probe.close(200, "declared").await;
+            continue;
+        }
+        let channel = connection.create_channel().await?;
+        let options = ExchangeDeclareOptions {
+            durable: false,
+            auto_delete: false,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(name, kind, options, FieldTable::default())
+            .await?;
+        let _ = channel.close(200, "declared").await;
+    }
+    Ok(())
 }
 
 /// A broadcast, ready to publish.
@@ -239,13 +251,13 @@ impl Mailbox {
         backoff: &mut Backoff,
     ) -> Result<(), String> {
         let connection = connect(url, name).await.map_err(|e| e.to_string())?;
+        declare_exchanges(&connection)
+            .await
+            .map_err(|e| format!("declaring the pidbox exchanges: {e}"))?;
         let channel = connection
             .create_channel()
             .await
             .map_err(|e| e.to_string())?;
-        declare_exchanges(&channel)
-            .await
-            .map_err(|e| format!("declaring the pidbox exchanges: {e}"))?;
         let exclusive = QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,
