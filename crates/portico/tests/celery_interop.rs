@@ -17,6 +17,9 @@ use serde_json::{json, Value};
 use testkit::{Portico, Venv};
 
 const KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHM=";
+
+/// Tests share the machine's RabbitMQ; the one that restarts it holds this for writing.
+static RABBITMQ: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// The Celery app the Python worker runs: task `worker.progress`.
@@ -326,6 +329,7 @@ async fn cancel_running(server: &Portico, token: &str) {
 }
 
 async fn python_worker_interop(backend: &str, celery_backend: &str) {
+    let _shared = RABBITMQ.read().await;
     let Some(venv) = prerequisites() else { return };
     let queue = unique("python");
     let dir = tempfile::tempdir().unwrap();
@@ -352,6 +356,7 @@ async fn a_celery_5_worker_behind_portico_with_redis_states() {
 }
 
 async fn portico_worker_interop(backend: &str) {
+    let _shared = RABBITMQ.read().await;
     if prerequisites().is_none() {
         return;
     }
@@ -379,6 +384,7 @@ async fn portico_worker_behind_portico_with_redis_states() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_and_a_portico_worker_share_a_queue() {
+    let _shared = RABBITMQ.read().await;
     let Some(venv) = prerequisites() else { return };
     let queue = unique("shared");
     let dir = tempfile::tempdir().unwrap();
@@ -402,6 +408,7 @@ async fn a_python_and_a_portico_worker_share_a_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_celery_worker_killed_mid_task_loses_nothing() {
+    let _shared = RABBITMQ.read().await;
     let Some(venv) = prerequisites() else { return };
     let queue = unique("killed");
     let dir = tempfile::tempdir().unwrap();
@@ -424,4 +431,125 @@ async fn a_celery_worker_killed_mid_task_loses_nothing() {
         node.starts_with("second-"),
         "run again by the second worker: {last}"
     );
+}
+
+fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running rabbitmqctl: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// One submission: `Ok(uuid)` on 200; `Err(elapsed)` on 503 vesta 205.
+async fn try_submit(server: &Portico, token: &str) -> Result<String, Duration> {
+    let started = Instant::now();
+    let response = server
+        .client()
+        .post(server.url("/interop/process"))
+        .header("Authorization", token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    match status.as_u16() {
+        200 => Ok(body["uuid"].as_str().unwrap().to_string()),
+        503 => {
+            assert_eq!(body["vesta"]["code"], 205, "{body}");
+            Err(started.elapsed())
+        }
+        other => panic!("{other}: {body}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restarted_under_submissions_loses_nothing_acknowledged() {
+    if prerequisites().is_none() {
+        return;
+    }
+    if let Err(error) = rabbitmqctl(&["status"]) {
+        testkit::server_missing("rabbitmqctl (to restart RabbitMQ)", error);
+        return;
+    }
+    let _alone = RABBITMQ.write().await;
+    let queue = unique("restart");
+    let server = gateway(&queue, "rpc").await;
+    let token = token(&server);
+    let _worker = portico_worker(&queue, "rpc", "cat >/dev/null; echo '{\"ok\":1}'");
+    wait_workers(&server, 1).await;
+    let stopper = tokio::task::spawn_blocking(|| {
+        std::thread::sleep(Duration::from_secs(2));
+        rabbitmqctl(&["stop_app"]).expect("stop_app");
+        std::thread::sleep(Duration::from_secs(4));
+        rabbitmqctl(&["start_app"]).expect("start_app");
+    });
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(14);
+    while Instant::now() < deadline {
+        match try_submit(&server, &token).await {
+            Ok(uuid) => accepted.push(uuid),
+            Err(elapsed) => {
+                refused += 1;
+                // broker_timeout is 2 s.
+                assert!(elapsed < Duration::from_secs(3), "503 after {elapsed:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stopper.await.unwrap();
+    assert!(refused > 0, "some submissions met the outage");
+    let after = try_submit(&server, &token)
+        .await
+        .expect("accepted again after the restart");
+    accepted.push(after);
+    for uuid in &accepted {
+        let last = follow(&server, uuid).await.pop().unwrap();
+        assert_eq!(last["status"], "SUCCESS", "acknowledged {uuid}: {last}");
+    }
+    eprintln!(
+        "{} accepted, {refused} refused during the outage",
+        accepted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn states_resume_after_the_redis_result_backend_restarts() {
+    let _shared = RABBITMQ.read().await;
+    if prerequisites().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = testkit::free_port().unwrap();
+    let Some(redis) = testkit::PrivateRedis::start_or_skip(port, dir.path()) else {
+        return;
+    };
+    let backend = format!("redis://127.0.0.1:{port}/0");
+    let queue = unique("redis-restart");
+    let server = gateway(&queue, &backend).await;
+    let token = token(&server);
+    let slow = "cat >/dev/null; for p in 10 20 30 40 50 60 70 80 90; do echo \"progress $p\" >&2; sleep 0.5; done; echo '{\"done\":true,\"by\":\"portico\"}'";
+    let _worker = portico_worker(&queue, &backend, slow);
+    wait_workers(&server, 1).await;
+    let uuid = submit(&server, &token, json!({})).await;
+    let deadline = Instant::now() + LIMIT;
+    while status(&server, &uuid).await["status"] != "PROGRESS" {
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(redis);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let redis = testkit::PrivateRedis::start(port, dir.path()).expect("restarting redis");
+    let seen = follow(&server, &uuid).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["status"], "SUCCESS", "{seen:#?}");
+    // The backend forgets (no persistence here, or its expiry); Portico's records do not.
+    drop(redis);
+    assert_eq!(status(&server, &uuid).await["status"], "SUCCESS");
 }
