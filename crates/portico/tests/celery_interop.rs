@@ -28,8 +28,8 @@ import os, socket, time
 from celery import Celery
 
 app = Celery("worker", broker=os.environ["BROKER"], backend=os.environ["BACKEND"])
-app.conf.task_acks_late = True
-app.conf.task_reject_on_worker_lost = True
+app.conf.task_acks_late = os.environ.get("ACKS_LATE", "1") == "1"
+app.conf.task_reject_on_worker_lost = app.conf.task_acks_late
 app.conf.worker_prefetch_multiplier = 1
 app.conf.broker_connection_retry_on_startup = True
 
@@ -99,8 +99,20 @@ impl Drop for Group {
     }
 }
 
-/// A Celery 5 worker on `queue` (prefork, 2 processes, events on).
+/// A Celery 5 worker on `queue` (prefork, 2 processes, events on, late acks).
 fn python_worker(venv: &Venv, dir: &Path, queue: &str, backend: &str, name: &str) -> Group {
+    python_worker_acking(venv, dir, queue, backend, name, true)
+}
+
+/// A Celery 5 worker; `late`: acks after the task (else Celery's default, before it).
+fn python_worker_acking(
+    venv: &Venv,
+    dir: &Path,
+    queue: &str,
+    backend: &str,
+    name: &str,
+    late: bool,
+) -> Group {
     std::fs::write(dir.join("tasks.py"), TASKS).unwrap();
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let child = std::os::unix::process::CommandExt::process_group(
@@ -120,6 +132,7 @@ fn python_worker(venv: &Venv, dir: &Path, queue: &str, backend: &str, name: &str
             .current_dir(dir)
             .env("BROKER", testkit::test_amqp_url())
             .env("BACKEND", backend)
+            .env("ACKS_LATE", if late { "1" } else { "0" })
             .stdout(log.try_clone().unwrap())
             .stderr(log),
         0,
@@ -552,4 +565,41 @@ async fn states_resume_after_the_redis_result_backend_restarts() {
     // The backend forgets (no persistence here, or its expiry); Portico's records do not.
     drop(redis);
     assert_eq!(status(&server, &uuid).await["status"], "SUCCESS");
+}
+
+/// Celery's default early ack: the message is gone once the task starts, and Celery leaves
+/// the job STARTED forever when the worker dies. Portico sees the heartbeats stop and
+/// publishes the job again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_early_ack_task_is_published_again_after_the_heartbeats_stop() {
+    let _shared = RABBITMQ.read().await;
+    let Some(venv) = prerequisites() else { return };
+    let queue = unique("early");
+    let dir = tempfile::tempdir().unwrap();
+    let server = gateway(&queue, "rpc").await;
+    let token = token(&server);
+    let mut first = python_worker_acking(&venv, dir.path(), &queue, "rpc://", "early1", false);
+    wait_workers(&server, 1).await;
+    let uuid = submit(&server, &token, json!({"steps": 8, "delay": 0.5})).await;
+    let deadline = Instant::now() + LIMIT;
+    while status(&server, &uuid).await["status"] != "PROGRESS" {
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill9();
+    let _second = python_worker_acking(&venv, dir.path(), &queue, "rpc://", "early2", false);
+    let last = follow(&server, &uuid).await.pop().unwrap();
+    assert_eq!(last["status"], "SUCCESS", "{last}");
+    let node = last["result"]["node"].as_str().unwrap_or_default();
+    assert!(node.starts_with("early2-"), "{last}");
+    let job: Value = server
+        .client()
+        .get(server.url(&format!("/jobs/{uuid}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["attempts"], 2, "{job}");
 }

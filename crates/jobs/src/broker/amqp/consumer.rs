@@ -35,12 +35,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::StateWriter;
 use super::celery::{self, ReceivedTask, ResultMeta};
+use super::events;
 use super::link::{self, connect, Backoff, Link};
 use super::pidbox::{self, Event, Mailbox};
 use crate::config::ResultBackend;
 use crate::runner::{JobSource, Task};
 use crate::{Error, Job, LeaseId, Outcome, State};
 
+/// How often a worker beats on `celeryev`.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a starting worker collects `hello` replies.
 pub const MINGLE_WAIT: Duration = Duration::from_secs(1);
 
@@ -97,6 +100,7 @@ struct Started {
 struct Shared {
     revoked: Mutex<HashSet<crate::JobId>>,
     running: Mutex<HashMap<LeaseId, Running>>,
+    processed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -233,7 +237,16 @@ impl CelerySource {
             lease,
             stop: running.stop.clone(),
         };
+        let mut fields = serde_json::Map::new();
+        fields.insert("uuid".into(), json!(running.task.id.to_string()));
         started.shared.running().insert(lease, running);
+        let _ = events::emit(
+            &started.link,
+            "task-started",
+            &self.inner.config.node,
+            fields,
+        )
+        .await;
         Ok(task)
     }
 
@@ -357,6 +370,19 @@ impl JobSource for CelerySource {
                 .await;
             return Err(error);
         }
+        started
+            .shared
+            .processed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut fields = serde_json::Map::new();
+        fields.insert("uuid".into(), json!(running.task.id.to_string()));
+        let _ = events::emit(
+            &started.link,
+            "task-succeeded",
+            &self.inner.config.node,
+            fields,
+        )
+        .await;
         running
             .acker
             .ack(BasicAckOptions::default())
@@ -420,12 +446,63 @@ async fn start(config: &ConsumerConfig, stop: &CancellationToken) -> Result<Star
     mingle(&mailbox, &shared).await;
     let (sender, deliveries) = mpsc::channel(usize::from(config.prefetch.max(1)));
     tokio::spawn(consume(config.clone(), sender, stop.clone()));
+    tokio::spawn(beat(
+        config.clone(),
+        link.clone(),
+        shared.clone(),
+        stop.clone(),
+    ));
     Ok(Started {
         deliveries: tokio::sync::Mutex::new(deliveries),
         link,
         writer,
         shared,
     })
+}
+
+/// `worker-online`, then a `worker-heartbeat` every 2 s, then `worker-offline` at the end
+/// (gateways mark the jobs of a worker that stopped beating as lost).
+async fn beat(
+    config: ConsumerConfig,
+    link: Arc<Link>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    if let Ok(live) = link.live().await {
+        if let Err(error) = events::declare_exchange(&live.connection).await {
+            tracing::warn!(%error, "declaring celeryev failed; no heartbeats");
+        }
+    }
+    let online = events::emit(
+        &link,
+        "worker-online",
+        &config.node,
+        events::heartbeat(0, 0),
+    )
+    .await;
+    if let Err(error) = online {
+        tracing::debug!(%error, "worker-online not sent");
+    }
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let active = shared.running().len();
+        let processed = shared.processed.load(std::sync::atomic::Ordering::Relaxed);
+        let fields = events::heartbeat(active, processed);
+        if let Err(error) = events::emit(&link, "worker-heartbeat", &config.node, fields).await {
+            tracing::debug!(%error, "heartbeat not sent");
+        }
+    }
+    let _ = events::emit(
+        &link,
+        "worker-offline",
+        &config.node,
+        events::heartbeat(0, 0),
+    )
+    .await;
 }
 
 /// Celery's mingle: ask every node for its revoked ids.

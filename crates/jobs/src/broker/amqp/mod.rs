@@ -14,6 +14,9 @@
 //!   broadcast. Revoked ids are kept (three hours) and given to every worker that says
 //!   `hello` on the pidbox (Celery's "mingle" at worker start, and `portico worker`), so a
 //!   worker that was offline at the revoke skips the job too.
+//! - **Lost work** ([`events`]): `celeryev` heartbeats say which workers live and
+//!   `task-started` which runs what; the jobs of a worker that stopped beating are
+//!   published again (RETRY) within `max_attempts`, as Celery itself never does.
 //! - **Workers**: `active_workers` asks `active_queues` over the pidbox and counts the
 //!   replies listing the service's queue (collected for [`ACTIVE_WAIT`]).
 //! - **Consumers**: [`consumer::CelerySource`] is a Celery worker's end written as a
@@ -23,6 +26,7 @@
 pub mod backend;
 pub mod celery;
 pub mod consumer;
+pub mod events;
 pub mod link;
 pub mod pidbox;
 
@@ -193,6 +197,10 @@ impl AmqpBroker {
             let broker = broker.clone();
             async move { broker.answer_broadcasts(received).await }
         });
+        background.spawn(
+            "jobs-amqp-events",
+            events::follow(broker.clone(), setup.url.clone(), stop.clone()),
+        );
         background.spawn("jobs-amqp-depth", {
             let broker = broker.clone();
             async move { broker.read_depths(stop).await }
