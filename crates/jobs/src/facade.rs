@@ -129,6 +129,7 @@ impl Jobs {
                 &reply_queue,
             );
             setup.hub = hub.clone();
+            setup.result_expires = config.result_expires;
             let broker = AmqpBroker::open(setup, background).await?;
             let inner = Inner {
                 config,

@@ -43,6 +43,7 @@ impl Fixture for Amqp {
             node: format!("portico-test@{}", self.queue),
             max_attempts: 2,
             connect_timeout: Duration::from_secs(5),
+            result_expires: Duration::from_secs(7200),
         })
     }
 
@@ -221,4 +222,12 @@ async fn a_submission_while_rabbitmq_is_unreachable_fails_within_broker_timeout(
     let stored = broker.records().get(job.id).await.unwrap().unwrap();
     assert_eq!(stored.state, jobs::State::Failure, "never published: final");
     background.stop(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_amqp_broker_conforms_with_amqp_states() {
+    if !rabbitmq_up().await {
+        return;
+    }
+    run_suite(ResultBackend::Amqp).await;
 }

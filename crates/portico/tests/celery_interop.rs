@@ -31,6 +31,8 @@ app = Celery("worker", broker=os.environ["BROKER"], backend=os.environ["BACKEND"
 app.conf.task_acks_late = os.environ.get("ACKS_LATE", "1") == "1"
 app.conf.task_reject_on_worker_lost = app.conf.task_acks_late
 app.conf.worker_prefetch_multiplier = 1
+# The original deployment's CELERY_TASK_RESULT_EXPIRES: the amqp backend's queue x-expires.
+app.conf.result_expires = 7200
 app.conf.broker_connection_retry_on_startup = True
 
 @app.task(name="worker.progress", bind=True)
@@ -342,13 +344,18 @@ async fn cancel_running(server: &Portico, token: &str) {
 }
 
 async fn python_worker_interop(backend: &str, celery_backend: &str) {
-    let _shared = RABBITMQ.read().await;
     let Some(venv) = prerequisites() else { return };
+    interop_with(&venv, backend, celery_backend).await;
+}
+
+/// PROGRESS then SUCCESS, FAILURE, cancel, `/info` with the worker of `venv`.
+async fn interop_with(venv: &Venv, backend: &str, celery_backend: &str) {
+    let _shared = RABBITMQ.read().await;
     let queue = unique("python");
     let dir = tempfile::tempdir().unwrap();
     let server = gateway(&queue, backend).await;
     let token = token(&server);
-    let _worker = python_worker(&venv, dir.path(), &queue, celery_backend, "w1");
+    let _worker = python_worker(venv, dir.path(), &queue, celery_backend, "w1");
     wait_workers(&server, 1).await;
     progress_then_success(&server, &token, "python").await;
     failure_body(&server, &token).await;
@@ -366,6 +373,23 @@ async fn a_celery_5_worker_behind_portico_with_rpc_states() {
 async fn a_celery_5_worker_behind_portico_with_redis_states() {
     let redis = testkit::test_redis_url();
     python_worker_interop(&redis, &redis).await;
+}
+
+/// VestaService's workers: Celery 4.3 on Python 3.7, with the original deployment's `amqp`
+/// result backend (per-task queues on `celeryresults`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_celery_4_3_worker_behind_portico_with_amqp_states() {
+    if prerequisites().is_none() {
+        return;
+    }
+    let Some(python) = testkit::python37() else {
+        return;
+    };
+    let packages = ["celery==4.3.*", "importlib-metadata<5"];
+    let Some(venv) = Venv::with_interpreter(&python, &packages) else {
+        return;
+    };
+    interop_with(&venv, "amqp", "amqp://").await;
 }
 
 async fn portico_worker_interop(backend: &str) {
@@ -388,6 +412,11 @@ async fn portico_worker_interop(backend: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn portico_worker_behind_portico_with_rpc_states() {
     portico_worker_interop("rpc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portico_worker_behind_portico_with_amqp_states() {
+    portico_worker_interop("amqp").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ mod redis;
 mod testserver;
 mod tmpfs;
 
-pub use python::{python3, Venv};
+pub use python::{python3, python37, Venv};
 pub use redis::{
     have_root, server_missing, test_amqp_url, test_redis_url, unique_key_prefix, PrivateRedis,
 };

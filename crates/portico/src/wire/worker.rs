@@ -39,12 +39,16 @@ pub struct WorkerArgs {
     /// The Celery queue to consume (with --broker; the service's celery_queue_name)
     #[arg(long, value_name = "QUEUE")]
     pub queue: Option<String>,
-    /// Where states go (with --broker): rpc (the task's reply_to) or redis://HOST:PORT/DB
+    /// Where states go (with --broker): rpc (the task's reply_to), amqp (Celery 4's
+    /// per-task queues on celeryresults) or redis://HOST:PORT/DB
     #[arg(long, value_name = "BACKEND", default_value = "rpc")]
     pub result_backend: String,
     /// The worker_id_version put in PROGRESS metas (with --broker; the service's version)
     #[arg(long = "service-version", value_name = "VERSION", default_value = "")]
     pub service_version: String,
+    /// x-expires of amqp result queues: the gateway's result_expires (with --broker)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "2h")]
+    pub result_expires: Duration,
     /// Runs of one job before it fails "worker lost" (with --broker)
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub max_attempts: u32,
@@ -168,10 +172,11 @@ async fn work_on_broker(
     let queue = args.queue.clone().context("--broker needs --queue")?;
     let backend = match args.result_backend.as_str() {
         "rpc" => ResultBackend::Rpc,
+        "amqp" => ResultBackend::Amqp,
         url if url.starts_with("redis://") || url.starts_with("rediss://") => {
             ResultBackend::Redis { url: url.into() }
         }
-        other => anyhow::bail!("--result-backend must be rpc or redis://..., not {other:?}"),
+        other => anyhow::bail!("--result-backend must be rpc, amqp or redis://..., not {other:?}"),
     };
     let node = format!("portico@{}", jobs::runner::hostname());
     let source = CelerySource::new(ConsumerConfig {
@@ -183,6 +188,7 @@ async fn work_on_broker(
         node: node.clone(),
         max_attempts: args.max_attempts.max(1),
         connect_timeout: Duration::from_secs(10),
+        result_expires: args.result_expires,
     });
     let service = ServiceConfig {
         name: queue.clone(),

@@ -10,7 +10,12 @@
 //!   the same name. The follower PSUBSCRIBEs to `celery-task-meta-*`, then GETs every job it
 //!   watches (states written while it was not subscribed), then follows the channel; it does
 //!   that again after every reconnection (a Redis restart).
-//! - `amqp` (Celery 4's, removed in Celery 5): not read yet; see docs/jobs.md.
+//! - `amqp` (Celery 4's; Celery 5 removed it): per task a queue named the id without
+//!   dashes (durable, auto-delete, `x-expires` = `result_expires`) bound to the direct
+//!   exchange `celeryresults`. Portico declares it before publishing the task (as Celery's
+//!   client does) and polls it with `basic.get` (a consumer would make the auto-delete
+//!   queue vanish when it stops): every state is applied in order, the newest is requeued
+//!   so other readers still find it, as Celery's own `AsyncResult` does.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -93,6 +98,85 @@ pub struct Source {
     pub amqp_url: String,
     pub backend: ResultBackend,
     pub reply_queue: String,
+    /// `x-expires` of `amqp` result queues.
+    pub result_expires: Duration,
+}
+
+/// Celery's `amqp` result exchange.
+pub const RESULTS_EXCHANGE: &str = "celeryresults";
+/// How often `amqp` result queues are polled.
+const AMQP_POLL: Duration = Duration::from_millis(250);
+
+/// The `amqp` result queue of a task: its id without dashes.
+pub fn result_queue(id: &JobId) -> String {
+    id.as_uuid().simple().to_string()
+}
+
+/// Declares `celeryresults` (direct, durable, as Celery 4 does) unless it exists, then the
+/// task's result queue and its binding. A queue that exists with another `x-expires` makes
+/// RabbitMQ answer 406, whose text names both values.
+pub async fn declare_result_queue(
+    connection: &lapin::Connection,
+    channel: &lapin::Channel,
+    id: &JobId,
+    expires: Duration,
+) -> Result<(), lapin::Error> {
+    declare_results_exchange(connection).await?;
+    let name = result_queue(id);
+    let mut arguments = FieldTable::default();
+    let millis = i32::try_from(expires.as_millis()).unwrap_or(i32::MAX);
+    arguments.insert("x-expires".into(), lapin::types::AMQPValue::LongInt(millis));
+    let options = QueueDeclareOptions {
+        durable: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel.queue_declare(&name, options, arguments).await?;
+    channel
+        .queue_bind(
+            &name,
+            RESULTS_EXCHANGE,
+            &name,
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+async fn declare_results_exchange(connection: &lapin::Connection) -> Result<(), lapin::Error> {
+    let probe = connection.create_channel().await?;
+    let passive = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let exists = probe
+        .exchange_declare(
+            RESULTS_EXCHANGE,
+            lapin::ExchangeKind::Direct,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    if exists {
+        let _ = probe.close(200, "declared").await;
+        return Ok(());
+    }
+    let channel = connection.create_channel().await?;
+    let options = lapin::options::ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            RESULTS_EXCHANGE,
+            lapin::ExchangeKind::Direct,
+            options,
+            FieldTable::default(),
+        )
+        .await?;
+    let _ = channel.close(200, "declared").await;
+    Ok(())
 }
 
 /// Reads states until cancelled, reconnecting after every break.
@@ -103,10 +187,7 @@ pub(crate) async fn follow(source: Source, sink: Sink, stop: tokio_util::sync::C
             match &source.backend {
                 ResultBackend::Rpc => follow_rpc(&source, &sink, &mut backoff).await,
                 ResultBackend::Redis { url } => follow_redis(url, &sink, &mut backoff).await,
-                ResultBackend::Amqp => {
-                    // The `amqp` backend is read per task; nothing to follow here yet.
-                    std::future::pending::<Result<(), String>>().await
-                }
+                ResultBackend::Amqp => follow_amqp(&source, &sink, &mut backoff).await,
             }
         };
         let outcome = tokio::select! {
@@ -191,6 +272,85 @@ async fn follow_rpc(source: &Source, sink: &Sink, backoff: &mut Backoff) -> Resu
     Err("the reply consumer ended".into())
 }
 
+async fn follow_amqp(source: &Source, sink: &Sink, backoff: &mut Backoff) -> Result<(), String> {
+    let connection = connect(&source.amqp_url, "portico-results")
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
+    backoff.reset();
+    let mut declared: HashSet<JobId> = HashSet::new();
+    tracing::info!("following amqp result queues");
+    loop {
+        let watched = sink.watched.all();
+        declared.retain(|id| watched.contains(id));
+        for id in watched {
+            if declared.insert(id) {
+                declare_result_queue(&connection, &channel, &id, source.result_expires)
+                    .await
+                    .map_err(|e| format!("declaring the result queue of {id}: {e}"))?;
+            }
+            poll_result_queue(&channel, sink, &id).await?;
+        }
+        tokio::time::sleep(AMQP_POLL).await;
+    }
+}
+
+/// Takes every state waiting in the task's queue, applies them in order, acks all but the
+/// newest and requeues that one.
+async fn poll_result_queue(
+    channel: &lapin::Channel,
+    sink: &Sink,
+    id: &JobId,
+) -> Result<(), String> {
+    let queue = result_queue(id);
+    let mut newest: Option<lapin::message::BasicGetMessage> = None;
+    loop {
+        let got = channel
+            .basic_get(&queue, lapin::options::BasicGetOptions::default())
+            .await
+            .map_err(|e| format!("reading {queue}: {e}"))?;
+        let Some(message) = got else { break };
+        match ResultMeta::parse(&message.delivery.data) {
+            Ok(meta) => sink.apply(&meta).await.map_err(|e| e.to_string())?,
+            Err(error) => {
+                tracing::warn!(%error, %queue, "ignoring a result that is not a Celery state")
+            }
+        }
+        if let Some(older) = newest.replace(message) {
+            older
+                .delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if message_was_redelivered_newest(&newest) {
+            break;
+        }
+    }
+    if let Some(newest) = newest {
+        newest
+            .delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A message requeued by the last poll is the newest there was then; reading on would take
+/// it again and again, so a poll stops at a redelivered message that is the queue's last.
+fn message_was_redelivered_newest(newest: &Option<lapin::message::BasicGetMessage>) -> bool {
+    newest
+        .as_ref()
+        .is_some_and(|m| m.delivery.redelivered && m.message_count == 0)
+}
+
 /// The Redis key (and channel) of a task's state.
 pub fn redis_key(id: &JobId) -> String {
     format!("celery-task-meta-{id}")
@@ -241,12 +401,53 @@ async fn apply_bytes(sink: &Sink, bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// Publishes one state and waits for RabbitMQ's confirm.
+async fn publish_state(
+    link: &Link,
+    live: &Arc<super::link::Live>,
+    exchange: &str,
+    routing_key: &str,
+    meta: &ResultMeta,
+    body: &str,
+) -> Result<(), Error> {
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_content_encoding(ShortString::from("utf-8"))
+        .with_delivery_mode(2)
+        .with_correlation_id(ShortString::from(meta.task_id.to_string()));
+    let published = async {
+        live.channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await?
+            .await
+    }
+    .await;
+    match published {
+        Ok(confirmation) if confirmation.is_nack() => Err(Error::BrokerUnreachable(
+            "RabbitMQ refused the state (nack)".into(),
+        )),
+        Ok(_) => Ok(()),
+        Err(error) => {
+            link.reset(live).await;
+            Err(Error::BrokerUnreachable(error.to_string()))
+        }
+    }
+}
+
 /// Writes states as a Celery worker does.
 #[derive(Clone)]
 pub enum StateWriter {
     /// To each task's `reply_to`, on the given link.
     Rpc(Arc<Link>),
     Redis(redis::aio::ConnectionManager),
+    /// To the task's queue on `celeryresults` (declared with this `x-expires`).
+    Amqp(Arc<Link>, Duration),
 }
 
 impl std::fmt::Debug for StateWriter {
@@ -254,6 +455,7 @@ impl std::fmt::Debug for StateWriter {
         match self {
             StateWriter::Rpc(_) => f.write_str("StateWriter::Rpc"),
             StateWriter::Redis(_) => f.write_str("StateWriter::Redis"),
+            StateWriter::Amqp(..) => f.write_str("StateWriter::Amqp"),
         }
     }
 }
@@ -264,6 +466,30 @@ impl StateWriter {
     pub async fn write(&self, meta: &ResultMeta, reply_to: Option<&str>) -> Result<(), Error> {
         let body = meta.to_json(OffsetDateTime::now_utc()).to_string();
         match self {
+            StateWriter::Amqp(link, expires) => {
+                let live = link
+                    .live()
+                    .await
+                    .map_err(|e| Error::BrokerUnreachable(e.to_string()))?;
+                let declared =
+                    declare_result_queue(&live.connection, &live.channel, &meta.task_id, *expires)
+                        .await;
+                if let Err(error) = declared {
+                    link.reset(&live).await;
+                    return Err(Error::BrokerUnreachable(format!(
+                        "declaring the result queue: {error}"
+                    )));
+                }
+                publish_state(
+                    link,
+                    &live,
+                    RESULTS_EXCHANGE,
+                    &result_queue(&meta.task_id),
+                    meta,
+                    &body,
+                )
+                .await
+            }
             StateWriter::Rpc(link) => {
                 let Some(reply_to) = reply_to.filter(|r| !r.is_empty()) else {
                     return Ok(());
@@ -272,34 +498,7 @@ impl StateWriter {
                     .live()
                     .await
                     .map_err(|e| Error::BrokerUnreachable(e.to_string()))?;
-                let properties = BasicProperties::default()
-                    .with_content_type(ShortString::from("application/json"))
-                    .with_content_encoding(ShortString::from("utf-8"))
-                    .with_delivery_mode(2)
-                    .with_correlation_id(ShortString::from(meta.task_id.to_string()));
-                let published = async {
-                    live.channel
-                        .basic_publish(
-                            "",
-                            reply_to,
-                            BasicPublishOptions::default(),
-                            body.as_bytes(),
-                            properties,
-                        )
-                        .await?
-                        .await
-                }
-                .await;
-                match published {
-                    Ok(confirmation) if confirmation.is_nack() => Err(Error::BrokerUnreachable(
-                        "RabbitMQ refused the state (nack)".into(),
-                    )),
-                    Ok(_) => Ok(()),
-                    Err(error) => {
-                        link.reset(&live).await;
-                        Err(Error::BrokerUnreachable(error.to_string()))
-                    }
-                }
+                publish_state(link, &live, "", reply_to, meta, &body).await
             }
             StateWriter::Redis(connection) => {
                 let key = redis_key(&meta.task_id);

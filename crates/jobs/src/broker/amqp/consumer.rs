@@ -61,6 +61,8 @@ pub struct ConsumerConfig {
     pub node: String,
     pub max_attempts: u32,
     pub connect_timeout: Duration,
+    /// `x-expires` of `amqp` result queues (the gateways' `result_expires`).
+    pub result_expires: Duration,
 }
 
 /// The consumer. Clones share it.
@@ -414,18 +416,20 @@ async fn start(config: &ConsumerConfig, stop: &CancellationToken) -> Result<Star
     let writer = match &config.backend {
         ResultBackend::Rpc => StateWriter::Rpc(link.clone()),
         ResultBackend::Redis { url } => {
-            let client = redis::Client::open(url.as_str()).map_err(|e| Error::Invalid(e.to_string()))?;
-            let manager = tokio::time::timeout(config.connect_timeout, redis::aio::ConnectionManager::new(client))
-                .await
-                .map_err(|_| Error::unavailable("connecting to the Redis result backend timed out"))?
-                .map_err(|e| Error::unavailable(format!("connecting to the Redis result backend: {e}")))?;
+            let client =
+                redis::Client::open(url.as_str()).map_err(|e| Error::Invalid(e.to_string()))?;
+            let manager = tokio::time::timeout(
+                config.connect_timeout,
+                redis::aio::ConnectionManager::new(client),
+            )
+            .await
+            .map_err(|_| Error::unavailable("connecting to the Redis result backend timed out"))?
+            .map_err(|e| {
+                Error::unavailable(format!("connecting to the Redis result backend: {e}"))
+            })?;
             StateWriter::Redis(manager)
         }
-        ResultBackend::Amqp => {
-            return Err(Error::Unsupported(
-                "result_backend = \"amqp\" (Celery 4's) is not written by portico worker yet; use rpc or redis://".into(),
-            ))
-        }
+        ResultBackend::Amqp => StateWriter::Amqp(link.clone(), config.result_expires),
     };
     let shared = Arc::new(Shared::default());
     let (events, received) = mpsc::unbounded_channel();

@@ -69,6 +69,9 @@ pub struct AmqpSetup {
     pub broker_timeout: Duration,
     /// Portico's durable `rpc` reply queue (stable across restarts).
     pub reply_queue: String,
+    /// `x-expires` of `amqp` result queues: must equal the workers'
+    /// `CELERY_TASK_RESULT_EXPIRES` (RabbitMQ refuses a second declare that differs).
+    pub result_expires: Duration,
     pub(crate) hub: Hub,
 }
 
@@ -90,6 +93,7 @@ impl AmqpSetup {
             result_backend,
             broker_timeout,
             reply_queue: reply_queue.to_string(),
+            result_expires: crate::config::DEFAULT_RESULT_EXPIRES,
             hub: Hub::new(),
         }
     }
@@ -107,6 +111,9 @@ struct Inner {
     celery_app: String,
     broker_timeout: Duration,
     reply_queue: String,
+    /// `Some(x-expires)` with the `amqp` result backend: result queues are declared
+    /// before the task is published.
+    result_queues: Option<Duration>,
     hub: Hub,
     link: Link,
     watched: Watched,
@@ -168,6 +175,8 @@ impl AmqpBroker {
             celery_app: setup.celery_app.clone(),
             broker_timeout: setup.broker_timeout,
             reply_queue: setup.reply_queue.clone(),
+            result_queues: matches!(setup.result_backend, ResultBackend::Amqp)
+                .then_some(setup.result_expires),
             hub: setup.hub.clone(),
             link: Link::new(&setup.url, "portico-publish"),
             watched: watched.clone(),
@@ -183,6 +192,7 @@ impl AmqpBroker {
             amqp_url: setup.url.clone(),
             backend: setup.result_backend.clone(),
             reply_queue: setup.reply_queue.clone(),
+            result_expires: setup.result_expires,
         };
         let sink = Sink {
             records: setup.records.clone(),
@@ -268,7 +278,8 @@ impl AmqpBroker {
         .map_err(|e| Error::Invalid(format!("a task message Celery would refuse: {e}")))?;
         let queue = &service.celery_queue_name;
         let limit = self.inner.broker_timeout;
-        match tokio::time::timeout(limit, self.publish_confirmed(queue, &message)).await {
+        let published = self.publish_confirmed(queue, job.id, &message);
+        match tokio::time::timeout(limit, published).await {
             Ok(result) => result,
             Err(_) => Err(Error::BrokerUnreachable(format!(
                 "RabbitMQ did not confirm within broker_timeout ({limit:?})"
@@ -276,7 +287,12 @@ impl AmqpBroker {
         }
     }
 
-    async fn publish_confirmed(&self, queue: &str, message: &TaskMessage) -> Result<(), Error> {
+    async fn publish_confirmed(
+        &self,
+        queue: &str,
+        id: JobId,
+        message: &TaskMessage,
+    ) -> Result<(), Error> {
         let mut last = String::new();
         for _ in 0..2 {
             let live = match self.inner.link.live().await {
@@ -288,6 +304,10 @@ impl AmqpBroker {
             };
             let attempt = async {
                 live.declare_task_queue(queue).await?;
+                if let Some(expires) = self.inner.result_queues {
+                    backend::declare_result_queue(&live.connection, &live.channel, &id, expires)
+                        .await?;
+                }
                 live.channel
                     .basic_publish(
                         "",
