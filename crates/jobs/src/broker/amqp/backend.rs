@@ -282,29 +282,38 @@ async fn follow_amqp(source: &Source, sink: &Sink, backoff: &mut Backoff) -> Res
         .map_err(|e| e.to_string())?;
     backoff.reset();
     let mut declared: HashSet<JobId> = HashSet::new();
+    // Jobs whose newest state this connection put back: the next poll finds it first and
+    // must not apply it again (the record may have moved on since, through events).
+    let mut requeued: HashSet<JobId> = HashSet::new();
     tracing::info!("following amqp result queues");
     loop {
         let watched = sink.watched.all();
         declared.retain(|id| watched.contains(id));
+        requeued.retain(|id| watched.contains(id));
         for id in watched {
             if declared.insert(id) {
                 declare_result_queue(&connection, &channel, &id, source.result_expires)
                     .await
                     .map_err(|e| format!("declaring the result queue of {id}: {e}"))?;
             }
-            poll_result_queue(&channel, sink, &id).await?;
+            let seen = requeued.contains(&id);
+            if poll_result_queue(&channel, sink, &id, seen).await? {
+                requeued.insert(id);
+            }
         }
         tokio::time::sleep(AMQP_POLL).await;
     }
 }
 
-/// Takes every state waiting in the task's queue, applies them in order, acks all but the
-/// newest and requeues that one.
+/// Takes every state waiting in the task's queue, applies them in order (but the one this
+/// connection requeued last time, `seen`, found first and redelivered), acks all but the
+/// newest and requeues that one; says whether it requeued one.
 async fn poll_result_queue(
     channel: &lapin::Channel,
     sink: &Sink,
     id: &JobId,
-) -> Result<(), String> {
+    mut seen: bool,
+) -> Result<bool, String> {
     let queue = result_queue(id);
     let mut newest: Option<lapin::message::BasicGetMessage> = None;
     loop {
@@ -313,7 +322,9 @@ async fn poll_result_queue(
             .await
             .map_err(|e| format!("reading {queue}: {e}"))?;
         let Some(message) = got else { break };
+        let again = std::mem::take(&mut seen) && message.delivery.redelivered;
         match ResultMeta::parse(&message.delivery.data) {
+            Ok(_) if again => {}
             Ok(meta) => sink.apply(&meta).await.map_err(|e| e.to_string())?,
             Err(error) => {
                 tracing::warn!(%error, %queue, "ignoring a result that is not a Celery state")
@@ -330,17 +341,18 @@ async fn poll_result_queue(
             break;
         }
     }
-    if let Some(newest) = newest {
-        newest
-            .delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    let Some(newest) = newest else {
+        return Ok(false);
+    };
+    newest
+        .delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(true)
 }
 
 /// A message requeued by the last poll is the newest there was then; reading on would take

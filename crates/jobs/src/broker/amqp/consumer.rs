@@ -357,6 +357,10 @@ impl JobSource for CelerySource {
         let Some(running) = started.shared.running().remove(&task.lease) else {
             return Err(Error::UnknownLease(task.lease));
         };
+        let event = match &outcome {
+            Outcome::Success(_) => "task-succeeded",
+            _ => "task-failed",
+        };
         if started.shared.is_revoked(&running.task.id) {
             let result = celery::exception("TaskRevokedError", "terminated");
             self.write(started, &running, State::Revoked, result)
@@ -378,13 +382,7 @@ impl JobSource for CelerySource {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut fields = serde_json::Map::new();
         fields.insert("uuid".into(), json!(running.task.id.to_string()));
-        let _ = events::emit(
-            &started.link,
-            "task-succeeded",
-            &self.inner.config.node,
-            fields,
-        )
-        .await;
+        let _ = events::emit(&started.link, event, &self.inner.config.node, fields).await;
         running
             .acker
             .ack(BasicAckOptions::default())
