@@ -123,7 +123,13 @@ struct Inner {
     draining: AtomicBool,
     origin: String,
     depths: Mutex<HashMap<String, usize>>,
+    /// The last `active_queues` replies and when they came (one broadcast serves every
+    /// service's `/info` for [`ACTIVE_FRESH`]).
+    active: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<serde_json::Value>)>>,
 }
+
+/// How long `active_queues` replies are reused.
+const ACTIVE_FRESH: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -185,6 +191,7 @@ impl AmqpBroker {
             draining: AtomicBool::new(false),
             origin: origin(),
             depths: Mutex::default(),
+            active: tokio::sync::Mutex::new(None),
         });
         let broker = AmqpBroker { inner };
         broker.watch_unfinished().await?;
@@ -446,13 +453,23 @@ impl Broker for AmqpBroker {
 
     async fn active_workers(&self, service: &str) -> Result<usize, Error> {
         let queue = self.service(service)?.celery_queue_name.clone();
+        // Held while asking: concurrent callers wait for the one broadcast.
+        let mut active = self.inner.active.lock().await;
+        let now = tokio::time::Instant::now();
+        if let Some((at, replies)) = active.as_ref() {
+            if now.duration_since(*at) < ACTIVE_FRESH {
+                return Ok(pidbox::workers_on_queue(replies, &queue));
+            }
+        }
         let replies = self
             .inner
             .mailbox
             .ask("active_queues", json!({}), ACTIVE_WAIT)
             .await
             .map_err(Error::BrokerUnreachable)?;
-        Ok(pidbox::workers_on_queue(&replies, &queue))
+        let count = pidbox::workers_on_queue(&replies, &queue);
+        *active = Some((tokio::time::Instant::now(), replies));
+        Ok(count)
     }
 
     fn depth(&self, service: &str) -> usize {
