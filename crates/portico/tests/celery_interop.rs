@@ -176,6 +176,15 @@ case "$msg" in *'"fail":true'*) echo 'asked to fail' >&2; exit 3;; esac
 for p in 20 40 60 80; do echo "progress $p" >&2; sleep 0.3; done
 echo '{"done":true,"by":"portico"}'"#;
 
+/// Deletes the test's task queue and the gateway's reply queue (both durable).
+async fn clean_up(server: &Portico, queue: &str) {
+    let mut queues = vec![queue.to_string()];
+    if let Ok(reply) = std::fs::read_to_string(server.data_dir().join("amqp-reply-queue")) {
+        queues.push(reply.trim().to_string());
+    }
+    let _ = jobs::broker::amqp::link::delete_queues(&testkit::test_amqp_url(), &queues).await;
+}
+
 async fn gateway(queue: &str, backend: &str) -> Portico {
     let config = format!(
         r#"
@@ -362,6 +371,7 @@ async fn interop_with(venv: &Venv, backend: &str, celery_backend: &str) {
     cancel_running(&server, &token).await;
     // The worker survived the revoke (SIGKILL to its pool child) and runs the next job.
     progress_then_success(&server, &token, "python").await;
+    clean_up(&server, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,6 +417,7 @@ async fn portico_worker_interop(backend: &str) {
     let uuid = submit(&server, &token, json!({})).await;
     let last = follow(&server, &uuid).await.pop().unwrap();
     assert_eq!(last["status"], "SUCCESS");
+    clean_up(&server, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,6 +457,7 @@ async fn a_python_and_a_portico_worker_share_a_queue() {
         by.insert(last["result"]["by"].as_str().unwrap().to_string());
     }
     assert_eq!(by.len(), 2, "both workers ran jobs: {by:?}");
+    clean_up(&server, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,6 +485,7 @@ async fn a_celery_worker_killed_mid_task_loses_nothing() {
         node.starts_with("second-"),
         "run again by the second worker: {last}"
     );
+    clean_up(&server, &queue).await;
 }
 
 fn rabbitmqctl(args: &[&str]) -> Result<(), String> {
@@ -559,6 +572,7 @@ async fn rabbitmq_restarted_under_submissions_loses_nothing_acknowledged() {
         "{} accepted, {refused} refused during the outage",
         accepted.len()
     );
+    clean_up(&server, &queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -594,6 +608,7 @@ async fn states_resume_after_the_redis_result_backend_restarts() {
     // The backend forgets (no persistence here, or its expiry); Portico's records do not.
     drop(redis);
     assert_eq!(status(&server, &uuid).await["status"], "SUCCESS");
+    clean_up(&server, &queue).await;
 }
 
 /// Celery's default early ack: the message is gone once the task starts, and Celery leaves
@@ -631,4 +646,5 @@ async fn a_lost_early_ack_task_is_published_again_after_the_heartbeats_stop() {
         .await
         .unwrap();
     assert_eq!(job["attempts"], 2, "{job}");
+    clean_up(&server, &queue).await;
 }

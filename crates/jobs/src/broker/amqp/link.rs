@@ -159,3 +159,17 @@ impl Backoff {
         self.next = Duration::from_millis(100);
     }
 }
+
+/// Deletes queues (tools and tests cleaning up after themselves); missing ones are skipped.
+pub async fn delete_queues(url: &str, queues: &[String]) -> Result<(), lapin::Error> {
+    let connection = connect(url, "portico-cleanup").await?;
+    for queue in queues {
+        // A missing queue closes the channel (404): one channel per queue.
+        let channel = connection.create_channel().await?;
+        let _ = channel
+            .queue_delete(queue, lapin::options::QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = connection.close(200, "cleaned up").await;
+    Ok(())
+}
