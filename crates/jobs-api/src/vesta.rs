@@ -85,7 +85,10 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // The original answered 400; a broker that is down is temporary (issue 11).
+            ApiError::Unavailable { .. } | ApiError::BrokerUnreachable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
@@ -123,7 +126,12 @@ impl ApiError {
             Format::Html => self.html(),
         };
         let mut response = text_response(self.status(), format, text);
-        if let ApiError::Unavailable { retry_after, .. } = self {
+        let retry_after = match self {
+            ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
+            ApiError::BrokerUnreachable(_) => Some(RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             let seconds = retry_after.as_secs().max(1).to_string();
             if let Ok(value) = HeaderValue::from_str(&seconds) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -173,7 +181,8 @@ impl From<jobs::Error> for ApiError {
                 reason: "Portico is shutting down".into(),
                 retry_after: RETRY_AFTER,
             },
-            // The original answered an unreachable broker with 400 and vesta 205.
+            // The original answered an unreachable broker with 400 and vesta 205; the
+            // code is kept, the status is 503 with Retry-After (a deliberate fix).
             jobs::Error::BrokerUnreachable(reason) => ApiError::BrokerUnreachable(reason),
             jobs::Error::Invalid(reason) | jobs::Error::Unsupported(reason) => {
                 ApiError::BadRequest(reason)
@@ -297,7 +306,7 @@ mod tests {
                 400,
                 204,
             ),
-            (ApiError::BrokerUnreachable("x".into()), 400, 205),
+            (ApiError::BrokerUnreachable("x".into()), 503, 205),
             (missing.clone(), 400, 206),
             (ApiError::InvalidDocumentUrl("x".into()), 400, 207),
             (ApiError::Unauthorized(AuthError::Missing), 401, 101),
@@ -349,7 +358,7 @@ mod tests {
         assert_eq!(ApiError::from(down).status(), 503);
         assert_eq!(ApiError::from(jobs::Error::Draining).status(), 503);
         let broker = ApiError::from(jobs::Error::BrokerUnreachable("refused".into()));
-        assert_eq!((broker.status().as_u16(), broker.vesta_code()), (400, 205));
+        assert_eq!((broker.status().as_u16(), broker.vesta_code()), (503, 205));
         let unknown = ApiError::from(jobs::Error::UnknownService("x".into()));
         assert_eq!(unknown.vesta_code(), 202);
         assert_eq!(

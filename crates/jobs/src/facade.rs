@@ -14,6 +14,7 @@ use futures::Stream;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::broker::amqp::{AmqpBroker, AmqpSetup};
 use crate::broker::embedded::Setup;
 use crate::broker::{AnyBroker, Broker, EmbeddedBroker};
 use crate::capacity::{self, Counts, Scaler, ServiceCapacity};
@@ -103,11 +104,6 @@ impl Jobs {
                 .map_err(|e| Error::Failed(format!("reading the JWT key: {e}")))??;
             config.security.jwt_key = Some(key);
         }
-        if let BrokerConfig::Amqp { url } = &config.broker {
-            return Err(Error::Unsupported(format!(
-                "broker {url}: the AMQP broker is not built yet; use broker = \"embedded\""
-            )));
-        }
         let children = ChildRegistry::open(data_dir)?;
         let killed = children.kill_orphans();
         if killed > 0 {
@@ -123,6 +119,33 @@ impl Jobs {
         };
         // The hub is the facade's: whichever broker stores changes publishes them there.
         let hub = Hub::new();
+        if let BrokerConfig::Amqp { url } = &config.broker {
+            let reply_queue = reply_queue_name(data_dir).await?;
+            let mut setup = AmqpSetup::new(
+                url,
+                records.clone(),
+                config.services.clone(),
+                &config.celery_app,
+                config.result_backend.clone(),
+                config.broker_timeout,
+                &reply_queue,
+            );
+            setup.hub = hub.clone();
+            setup.result_expires = config.result_expires;
+            let broker = AmqpBroker::open(setup, background).await?;
+            let inner = Inner {
+                config,
+                records,
+                broker: AnyBroker::Amqp(broker),
+                embedded: None,
+                hub,
+                runners: HashMap::new(),
+                unflushed: Mutex::default(),
+                db: Some(db),
+                background: background.clone(),
+            };
+            return Ok(Jobs::start(inner, background));
+        }
         let mut setup = Setup::new(
             db.clone(),
             records.clone(),
@@ -136,7 +159,7 @@ impl Jobs {
         } else {
             start_runners(&config, &embedded, background, children)?
         };
-        let inner = Arc::new(Inner {
+        let inner = Inner {
             config,
             records,
             broker: AnyBroker::Embedded(embedded.clone()),
@@ -146,8 +169,15 @@ impl Jobs {
             unflushed: Mutex::default(),
             db: Some(db),
             background: background.clone(),
-        });
-        let jobs = Jobs { inner };
+        };
+        Ok(Jobs::start(inner, background))
+    }
+
+    /// Starts the invocation flusher, the capacity loop and the workflows' resumption.
+    fn start(inner: Inner, background: &service::Background) -> Jobs {
+        let jobs = Jobs {
+            inner: Arc::new(inner),
+        };
         background.spawn_with_token("jobs-invocations", {
             let jobs = jobs.clone();
             |token| async move { jobs.flush_invocations_until(token).await }
@@ -161,7 +191,7 @@ impl Jobs {
             let jobs = jobs.clone();
             async move { jobs.resume_workflows_until_done().await }
         });
-        Ok(jobs)
+        jobs
     }
 
     /// The config, with `security.jwt_key` always set (generated when it was not).
@@ -312,7 +342,11 @@ impl Jobs {
         now: tokio::time::Instant,
     ) -> ServiceCapacity {
         let Some(broker) = &self.inner.embedded else {
-            let counts = Counts::default();
+            // AMQP: RabbitMQ's queue depth; its workers are not Portico's to count here.
+            let counts = Counts {
+                depth: self.inner.broker.depth(name),
+                ..Counts::default()
+            };
             return capacity::estimate(
                 name,
                 Default::default(),
@@ -465,6 +499,30 @@ impl Jobs {
     pub fn local_db(&self) -> Option<&LocalDb> {
         self.inner.db.as_ref()
     }
+}
+
+/// The file in the data directory naming Portico's `rpc` reply queue.
+pub const REPLY_QUEUE_FILE: &str = "amqp-reply-queue";
+
+/// Portico's durable `rpc` reply queue: `portico.replies.<random>`, made once per data
+/// directory and kept there, so a restart reads the states that came while it was down.
+async fn reply_queue_name(data_dir: &service::DataDir) -> Result<String, Error> {
+    let data_dir = data_dir.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let dir = data_dir.dir();
+        match dir.read_to_string(REPLY_QUEUE_FILE) {
+            Ok(name) if !name.trim().is_empty() => return Ok(name.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let name = format!("portico.replies.{}", uuid::Uuid::new_v4().simple());
+        dir.write(REPLY_QUEUE_FILE, name.as_bytes())?;
+        Ok(name)
+    });
+    task.await
+        .map_err(|e| Error::Failed(format!("naming the reply queue: {e}")))?
+        .map_err(|e| Error::Failed(format!("the reply queue's name in {REPLY_QUEUE_FILE}: {e}")))
 }
 
 async fn open_db(

@@ -451,7 +451,9 @@ impl Job {
         if same {
             return false;
         }
-        if *state == State::Started && !self.state.is_running() {
+        // A backend that says the job runs (STARTED, or PROGRESS from a Celery worker that
+        // does not track starts) when the record did not know it: a run started.
+        if state.is_running() && !self.state.is_running() {
             self.attempts = self.attempts.saturating_add(1);
             self.started_at = Some(now);
         }

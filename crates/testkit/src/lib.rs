@@ -27,8 +27,10 @@ mod redis;
 mod testserver;
 mod tmpfs;
 
-pub use python::{python3, Venv};
-pub use redis::{have_root, server_missing, test_redis_url, unique_key_prefix, PrivateRedis};
+pub use python::{python3, python37, Venv};
+pub use redis::{
+    have_root, server_missing, test_amqp_url, test_redis_url, unique_key_prefix, PrivateRedis,
+};
 pub use testserver::{free_port, testserver_bin, TestServer};
 pub use tmpfs::Tmpfs;
 

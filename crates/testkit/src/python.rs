@@ -31,6 +31,42 @@ pub fn python3() -> Option<PathBuf> {
     }
 }
 
+/// Python 3.7 (VestaService's Celery 4.3 runs on it): `PORTICO_TEST_PYTHON37`, else
+/// `python3.7` on the PATH, else pyenv's newest 3.7; `None` after the missing-server rule.
+pub fn python37() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PORTICO_TEST_PYTHON37")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    candidates.push(PathBuf::from("python3.7"));
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")));
+    if let Some(Ok(entries)) = root.map(|r| std::fs::read_dir(r.join("versions"))) {
+        let mut versions: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("3.7"))
+            })
+            .collect();
+        versions.sort();
+        candidates.extend(versions.into_iter().rev().map(|v| v.join("bin/python")));
+    }
+    for candidate in &candidates {
+        let runs = Command::new(candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if runs {
+            return Some(candidate.clone());
+        }
+    }
+    server_missing("python3.7", format!("none of {candidates:?} runs"));
+    None
+}
+
 /// A virtual environment with some packages installed.
 #[derive(Debug, Clone)]
 pub struct Venv {
@@ -42,13 +78,31 @@ impl Venv {
     /// the missing-server rule) when python3 or pip cannot make it.
     pub fn with_packages(packages: &[&str]) -> Option<Venv> {
         python3()?;
+        Venv::made_with(Path::new("python3"), "", packages)
+    }
+
+    /// A venv of another interpreter (`python3.7`, a pyenv version's path) holding
+    /// `packages`; `None` (after the missing-server rule) when it cannot be made.
+    pub fn with_interpreter(python: &Path, packages: &[&str]) -> Option<Venv> {
+        let tag = python
+            .to_string_lossy()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        Venv::made_with(python, &tag, packages)
+    }
+
+    fn made_with(python: &Path, tag: &str, packages: &[&str]) -> Option<Venv> {
         let name: String = packages
             .iter()
             .map(|p| p.replace(|c: char| !c.is_ascii_alphanumeric(), "_"))
             .collect::<Vec<_>>()
             .join("-");
+        let name = if tag.is_empty() {
+            name
+        } else {
+            format!("{tag}-{name}")
+        };
         let dir = std::env::temp_dir().join("portico-test-venvs").join(name);
-        match ensure_venv(&dir, packages) {
+        match ensure_venv(python, &dir, packages) {
             Ok(()) => Some(Venv { dir }),
             Err(error) => {
                 server_missing(&format!("a python venv with {packages:?}"), error);
@@ -79,7 +133,7 @@ impl Venv {
     }
 }
 
-fn ensure_venv(dir: &Path, packages: &[&str]) -> Result<(), String> {
+fn ensure_venv(python: &Path, dir: &Path, packages: &[&str]) -> Result<(), String> {
     let ready = dir.join(".portico-ready");
     if ready.exists() {
         return Ok(());
@@ -91,7 +145,7 @@ fn ensure_venv(dir: &Path, packages: &[&str]) -> Result<(), String> {
         return Ok(());
     }
     let _ = std::fs::remove_dir_all(dir);
-    run(Command::new("python3").args(["-m", "venv"]).arg(dir))?;
+    run(Command::new(python).args(["-m", "venv"]).arg(dir))?;
     let pip = dir.join("bin/pip");
     run(Command::new(pip)
         .args(["install", "-q", "--disable-pip-version-check"])

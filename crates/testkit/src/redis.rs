@@ -13,6 +13,12 @@ pub fn test_redis_url() -> String {
     std::env::var("PORTICO_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The test RabbitMQ: `PORTICO_TEST_AMQP`, default `amqp://guest:guest@127.0.0.1:5672/%2f`.
+pub fn test_amqp_url() -> String {
+    std::env::var("PORTICO_TEST_AMQP")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
 /// A key prefix no other test run uses (tests share one Redis; each cleans only its prefix).
 pub fn unique_key_prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now()

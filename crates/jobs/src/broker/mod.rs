@@ -5,7 +5,7 @@
 //!
 //! - [`EmbeddedBroker`] (this issue): durable per-service queues in `jobs.redb`, dispatch
 //!   from memory to local slots and remote long-pollers, leases, redelivery.
-//! - the AMQP broker (issue 11): `submit` stores the record then publishes a Celery message
+//! - [`AmqpBroker`] (issue 11): `submit` stores the record then publishes a Celery message
 //!   with publisher confirms; a background task reads states from the result backend and
 //!   applies them to the records as [`crate::Change::External`]; `cancel` applies
 //!   `Change::Revoke` and broadcasts a pidbox revoke; `active_workers` asks pidbox. Its
@@ -16,10 +16,12 @@
 //! Dispatch goes through the closed enum [`AnyBroker`]; the remote pull API
 //! (`lease`/`renew`/`progress`/`finish`) exists only on the embedded broker.
 
+pub mod amqp;
 pub mod embedded;
 
 use std::future::Future;
 
+pub use amqp::AmqpBroker;
 pub use embedded::{EmbeddedBroker, LocalSource};
 
 use crate::{Error, Job, JobId};
@@ -49,36 +51,42 @@ pub trait Broker: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub enum AnyBroker {
     Embedded(EmbeddedBroker),
+    Amqp(AmqpBroker),
 }
 
 impl Broker for AnyBroker {
     async fn submit(&self, job: Job) -> Result<Job, Error> {
         match self {
             AnyBroker::Embedded(broker) => broker.submit(job).await,
+            AnyBroker::Amqp(broker) => broker.submit(job).await,
         }
     }
 
     async fn cancel(&self, id: JobId) -> Result<Option<Job>, Error> {
         match self {
             AnyBroker::Embedded(broker) => broker.cancel(id).await,
+            AnyBroker::Amqp(broker) => broker.cancel(id).await,
         }
     }
 
     async fn active_workers(&self, service: &str) -> Result<usize, Error> {
         match self {
             AnyBroker::Embedded(broker) => broker.active_workers(service).await,
+            AnyBroker::Amqp(broker) => broker.active_workers(service).await,
         }
     }
 
     fn depth(&self, service: &str) -> usize {
         match self {
             AnyBroker::Embedded(broker) => Broker::depth(broker, service),
+            AnyBroker::Amqp(broker) => Broker::depth(broker, service),
         }
     }
 
     fn drain(&self) {
         match self {
             AnyBroker::Embedded(broker) => Broker::drain(broker),
+            AnyBroker::Amqp(broker) => Broker::drain(broker),
         }
     }
 }
