@@ -37,10 +37,11 @@ pub mod model;
 pub mod records;
 pub mod runner;
 
+pub use broker::embedded::WorkerInfo;
 pub use capacity::ServiceCapacity;
 pub use config::JobsConfig;
 pub use error::Error;
-pub use facade::{Jobs, OpenOptions};
+pub use facade::{Jobs, OpenOptions, ServiceTotals};
 pub use model::{
     Change, Failure, Invocations, Job, JobId, Lease, LeaseId, LeaseStatus, ListFilter, Outcome,
     State,

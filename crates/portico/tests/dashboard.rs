@@ -1,0 +1,357 @@
+//! The dashboard over real sockets: the page and its assets on listeners that mount `admin`
+//! (and only there), the Flower-shaped JSON API over real jobs, cancel with and without a
+//! token, and the event stream (ids, replay after `Last-Event-ID`).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::Value;
+use testkit::Portico;
+
+const JOBS: &str = r#"
+[[jobs.service]]
+name = "echo"
+version = "1.0"
+noparams = true
+command = ["sh", "-c", "input=$(cat); echo 'progress 30' >&2; sleep 0.2; echo 'progress 60' >&2; echo 'a log line' >&2; printf '%s' \"$input\""]
+
+[[jobs.service]]
+name = "slow"
+version = "1.0"
+noparams = true
+command = ["sh", "-c", "cat >/dev/null; echo 'progress 10' >&2; sleep 60; echo '{}'"]
+"#;
+
+async fn start(bypass: bool) -> Portico {
+    let security = format!("[jobs.security]\nbypass = {bypass}\n");
+    Portico::builder(env!("CARGO_BIN_EXE_portico"))
+        .listeners_toml(
+            "[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"admin\", \"jobs\"]\n\
+             [[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"jobs\"]\n",
+        )
+        .toml(&security)
+        .toml(JOBS)
+        .toml("[dashboard]\ninterval = \"200ms\"\n")
+        .start()
+        .await
+        .expect("portico starts")
+}
+
+fn admin_url(server: &Portico, path: &str) -> String {
+    let listener = server
+        .listeners()
+        .iter()
+        .find(|l| l.services.iter().any(|s| s == "admin"))
+        .expect("a listener mounts admin");
+    format!("{}{path}", listener.url)
+}
+
+fn other_url(server: &Portico, path: &str) -> String {
+    let listener = server
+        .listeners()
+        .iter()
+        .find(|l| !l.services.iter().any(|s| s == "admin"))
+        .expect("a listener without admin");
+    format!("{}{path}", listener.url)
+}
+
+async fn get_json(server: &Portico, path: &str) -> Value {
+    let response = server
+        .client()
+        .get(admin_url(server, path))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    let text = response.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+}
+
+async fn submit(server: &Portico, service: &str, token: Option<&str>) -> String {
+    let mut request = server
+        .client()
+        .post(admin_url(server, &format!("/jobs/{service}")))
+        .json(&serde_json::json!({"text": "hello"}));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let job: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    job["id"].as_str().unwrap().to_string()
+}
+
+async fn wait_state(server: &Portico, id: &str, state: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = get_json(server, &format!("/dashboard/api/task/info/{id}")).await;
+        if info["state"] == state {
+            return info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id} never reached {state}: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn token(server: &Portico) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["token", "--config"])
+        .arg(server.config_path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn the_page_is_served_where_admin_is_mounted_and_nowhere_else() {
+    let server = start(true).await;
+    let response = server
+        .client()
+        .get(admin_url(&server, "/dashboard"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    let page = response.text().await.unwrap();
+    assert!(page.contains("/dashboard/assets/app.js"), "{page}");
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no CDN"
+    );
+    for (asset, kind) in [("app.js", "text/javascript"), ("app.css", "text/css")] {
+        let response = server
+            .client()
+            .get(admin_url(&server, &format!("/dashboard/assets/{asset}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(content_type.starts_with(kind), "{content_type}");
+    }
+    for path in ["/dashboard", "/dashboard/api/overview", "/dashboard/events"] {
+        let response = server
+            .client()
+            .get(other_url(&server, path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path} on a listener without admin");
+    }
+    let overview = get_json(&server, "/dashboard/api/overview").await;
+    assert_eq!(overview["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(overview["listeners"].as_array().unwrap().len(), 2);
+    assert_eq!(overview["jobs"], true);
+    assert_eq!(overview["cancel_needs_token"], false);
+}
+
+#[tokio::test]
+async fn jobs_are_listed_keyed_by_id_filtered_limited_and_detailed() {
+    let server = start(true).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submit(&server, "echo", None).await);
+    }
+    for id in &ids {
+        let info = wait_state(&server, id, "SUCCESS").await;
+        assert_eq!(info["name"], "echo");
+        assert!(info["result"].to_string().contains("hello"), "{info}");
+        assert!(
+            info["log"].as_str().unwrap().contains("a log line"),
+            "{info}"
+        );
+        assert!(info["runtime"].as_f64().unwrap() > 0.0);
+        assert!(info["worker"].as_str().is_some());
+    }
+    let slow = submit(&server, "slow", None).await;
+
+    let all = get_json(&server, "/dashboard/api/tasks").await;
+    assert_eq!(all.as_object().unwrap().len(), 4);
+    for id in &ids {
+        assert_eq!(all[id]["uuid"], id.as_str());
+    }
+    let echo = get_json(&server, "/dashboard/api/tasks?service=echo&limit=2").await;
+    let echo = echo.as_object().unwrap();
+    assert_eq!(echo.len(), 2);
+    assert!(
+        echo.contains_key(&ids[2]) && echo.contains_key(&ids[1]),
+        "newest first"
+    );
+    let done = get_json(&server, "/dashboard/api/tasks?state=SUCCESS").await;
+    assert_eq!(done.as_object().unwrap().len(), 3);
+    assert!(done.get(&slow).is_none());
+    let bad = server
+        .client()
+        .get(admin_url(&server, "/dashboard/api/tasks?limit=many"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let workers = get_json(&server, "/dashboard/api/workers").await;
+    let processed: u64 = workers
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|w| w["services"][0] == "echo")
+        .map(|w| w["processed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(processed, 3, "{workers}");
+
+    let summary = get_json(&server, "/dashboard/api/jobs").await;
+    let echo = summary
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "echo")
+        .unwrap();
+    assert!(echo["arrival_rate"].as_f64().unwrap() > 0.0, "{summary}");
+    let capacity = get_json(&server, "/dashboard/api/capacity").await;
+    assert!(capacity["now"].as_array().unwrap().len() == 2, "{capacity}");
+    assert!(capacity["history"]["echo"].is_array(), "{capacity}");
+    let missing = server
+        .client()
+        .get(admin_url(
+            &server,
+            "/dashboard/api/task/info/0190d4c8-0000-7000-8000-000000000000",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}
+
+#[tokio::test]
+async fn cancel_needs_the_job_api_token_when_bypass_is_off() {
+    let server = start(false).await;
+    let token = token(&server);
+    let overview = get_json(&server, "/dashboard/api/overview").await;
+    assert_eq!(overview["cancel_needs_token"], true);
+    let id = submit(&server, "slow", Some(&token)).await;
+    wait_state(&server, &id, "PROGRESS").await;
+    let revoke = admin_url(&server, &format!("/dashboard/api/task/revoke/{id}"));
+    let refused = server.client().post(&revoke).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let wrong = server
+        .client()
+        .post(&revoke)
+        .header("Authorization", "Bearer not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let revoked = server
+        .client()
+        .post(&revoke)
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    wait_state(&server, &id, "REVOKED").await;
+    // The run is killed: its worker goes idle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers = get_json(&server, "/dashboard/api/workers").await;
+        let busy = workers
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|w| w["status"] == "busy")
+            .count();
+        if busy == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run was not killed: {workers}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads SSE events (`id`, `event`, `data`) from a response until `count` events came.
+async fn read_events(response: reqwest::Response, count: usize) -> Vec<(u64, String, Value)> {
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events.len() < count {
+        let chunk = tokio::time::timeout_at(deadline.into(), stream.next())
+            .await
+            .expect("events in time")
+            .expect("the stream goes on")
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut id = None;
+            let mut name = String::new();
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse().ok();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    name = v.to_string();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str(v).unwrap());
+                }
+            }
+            if let (Some(id), Some(data)) = (id, data) {
+                events.push((id, name, data));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn the_event_stream_ticks_with_ids_and_replays_after_last_event_id() {
+    let server = start(true).await;
+    let url = admin_url(&server, "/dashboard/events");
+    let response = server.client().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events = read_events(response, 3).await;
+    let (first, name, data) = &events[0];
+    assert_eq!(name, "tick");
+    assert_eq!(data["overview"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(data["jobs"].is_array() && data["recent"].is_array());
+    assert!(
+        events.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "ids follow"
+    );
+
+    // Away for a second (five ticks of 200 ms), then back with the last id seen.
+    let last = events.last().unwrap().0;
+    let id = submit(&server, "echo", None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let response = server
+        .client()
+        .get(&url)
+        .header("Last-Event-ID", last.to_string())
+        .send()
+        .await
+        .unwrap();
+    let replayed = read_events(response, 4).await;
+    assert_eq!(replayed[0].0, last + 1, "the first missed event first");
+    assert!(replayed.windows(2).all(|w| w[1].0 == w[0].0 + 1));
+    assert!(*first < replayed[0].0);
+    let seen = replayed.iter().any(|(_, _, data)| {
+        data["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["uuid"] == id.as_str())
+    });
+    assert!(seen, "the job submitted meanwhile is in the live list");
+}
