@@ -175,6 +175,10 @@ pub struct ManagedService {
     pub min: u32,
     pub max: u32,
     pub instances: Vec<InstanceRow>,
+    /// An allocation is under way (this process's proxy).
+    pub allocating: bool,
+    /// Recent allocations, newest first.
+    pub allocations: Vec<AllocationRow>,
 }
 
 /// One instance.
@@ -186,6 +190,23 @@ pub struct InstanceRow {
     /// `starting`, `ready`, `stopping`...
     pub state: String,
     pub age_seconds: f64,
+    /// This process's proxy's measurements (none without a proxy, or before its first
+    /// request to the service).
+    pub latency_ms: Option<f64>,
+    pub in_flight: Option<u32>,
+    pub ejected: Option<bool>,
+    pub ejections: Option<u64>,
+}
+
+/// One allocation this process's proxy asked for.
+#[derive(Debug, Clone, Serialize)]
+pub struct AllocationRow {
+    /// `cold`, `soft_limit` or `min`.
+    pub reason: String,
+    /// `ok`, or why it failed.
+    pub outcome: String,
+    pub seconds: f64,
+    pub ago_seconds: f64,
 }
 
 /// One agent and its load.
@@ -203,42 +224,71 @@ pub trait ManagerSource: Send + Sync + 'static {
     fn snapshot(&self) -> ManagerSnapshot;
 }
 
-/// The registry's view as a [`ManagerSource`].
+/// The registry's view as a [`ManagerSource`], with this process's proxy's measurements
+/// when it runs one.
 #[derive(Clone)]
 pub struct RegistryManager {
     view: registry::View,
+    proxy: Option<proxy::Proxy>,
 }
 
 impl RegistryManager {
-    pub fn new(view: registry::View) -> RegistryManager {
-        RegistryManager { view }
+    pub fn new(view: registry::View, proxy: Option<proxy::Proxy>) -> RegistryManager {
+        RegistryManager { view, proxy }
+    }
+}
+
+fn reason_text(reason: registry::AllocReason) -> &'static str {
+    match reason {
+        registry::AllocReason::Cold => "cold",
+        registry::AllocReason::SoftLimit => "soft_limit",
+        registry::AllocReason::Min => "min",
+    }
+}
+
+fn allocation_row(record: &proxy::AllocationRecord, now: SystemTime) -> AllocationRow {
+    AllocationRow {
+        reason: reason_text(record.reason).to_string(),
+        outcome: record.failure.clone().unwrap_or_else(|| "ok".to_string()),
+        seconds: record.took.as_secs_f64(),
+        ago_seconds: now
+            .duration_since(record.at)
+            .unwrap_or_default()
+            .as_secs_f64(),
     }
 }
 
 impl ManagerSource for RegistryManager {
     fn snapshot(&self) -> ManagerSnapshot {
         let now = SystemTime::now();
-        let age = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs_f64();
+        let (stats, allocations) = self
+            .proxy
+            .as_ref()
+            .map(proxy::Proxy::snapshot)
+            .unwrap_or_default();
         let services = self
             .view
             .services()
             .iter()
-            .map(|spec| ManagedService {
-                name: spec.name.clone(),
-                min: spec.min,
-                max: spec.max,
-                instances: self
-                    .view
-                    .all_instances(&spec.name)
-                    .iter()
-                    .map(|i| InstanceRow {
-                        id: i.id.clone(),
-                        agent: i.agent.clone(),
-                        addr: i.addr.to_string(),
-                        state: i.state.as_str().to_string(),
-                        age_seconds: age(i.started_at),
-                    })
-                    .collect(),
+            .map(|spec| {
+                let stats = stats.iter().find(|s| s.name == spec.name);
+                ManagedService {
+                    name: spec.name.clone(),
+                    min: spec.min,
+                    max: spec.max,
+                    instances: self
+                        .view
+                        .all_instances(&spec.name)
+                        .iter()
+                        .map(|i| instance_row(i, stats, now))
+                        .collect(),
+                    allocating: stats.is_some_and(|s| s.allocating),
+                    allocations: allocations
+                        .iter()
+                        .filter(|a| a.service == spec.name)
+                        .map(|a| allocation_row(a, now))
+                        .collect(),
+                }
             })
             .collect();
         let agents = self
@@ -250,7 +300,7 @@ impl ManagerSource for RegistryManager {
                 advertise: a.advertise.to_string(),
                 running: a.running,
                 max_instances: a.max_instances,
-                age_seconds: age(a.started_at),
+                age_seconds: age(a.started_at, now),
             })
             .collect();
         ManagerSnapshot {
@@ -258,5 +308,30 @@ impl ManagerSource for RegistryManager {
             services,
             agents,
         }
+    }
+}
+
+fn age(at: SystemTime, now: SystemTime) -> f64 {
+    now.duration_since(at).unwrap_or_default().as_secs_f64()
+}
+
+fn instance_row(
+    instance: &registry::Instance,
+    stats: Option<&proxy::ServiceStats>,
+    now: SystemTime,
+) -> InstanceRow {
+    let measured = stats.and_then(|s| s.instances.iter().find(|i| i.id == instance.id));
+    InstanceRow {
+        id: instance.id.clone(),
+        agent: instance.agent.clone(),
+        addr: instance.addr.to_string(),
+        state: instance.state.as_str().to_string(),
+        age_seconds: age(instance.started_at, now),
+        latency_ms: measured
+            .and_then(|m| m.latency)
+            .map(|l| l.as_secs_f64() * 1000.0),
+        in_flight: measured.map(|m| m.in_flight),
+        ejected: measured.map(|m| m.ejected),
+        ejections: measured.map(|m| m.ejections),
     }
 }

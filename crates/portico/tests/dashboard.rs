@@ -355,3 +355,109 @@ async fn the_event_stream_ticks_with_ids_and_replays_after_last_event_id() {
     });
     assert!(seen, "the job submitted meanwhile is in the live list");
 }
+
+/// A `portico serve` with a managed service `hello` (the test server, none running) behind
+/// the proxy; its instances are killed with it (each runs in a process group of its own).
+struct Managed(Portico);
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.0.kill9();
+        kill_instances(self.0.data_dir());
+    }
+}
+
+/// SIGKILLs the process group of every instance an agent recorded under `data_dir`.
+fn kill_instances(data_dir: &std::path::Path) {
+    let Ok(agents) = std::fs::read_dir(data_dir.join("agent")) else {
+        return;
+    };
+    for agent in agents.flatten() {
+        let Ok(records) = std::fs::read_dir(agent.path().join("pids")) else {
+            continue;
+        };
+        for record in records.flatten() {
+            let record: Option<Value> = std::fs::read(record.path())
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            if let Some(pid) = record.and_then(|r| r["pid"].as_i64()) {
+                let group = nix::unistd::Pid::from_raw(-(pid as i32));
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+async fn start_managed() -> Managed {
+    let testserver = testkit::testserver_bin().unwrap().display().to_string();
+    let server = Portico::builder(env!("CARGO_BIN_EXE_portico"))
+        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"proxy\", \"admin\"]\n")
+        .toml(&format!(
+            "[manager]\nagent_id = \"test-host\"\ndrain = \"200ms\"\nstop_timeout = \"1s\"\n\
+             [[manager.service]]\nname = \"hello\"\ncommand = [{testserver:?}, \"--port\", \"{{port}}\"]\n\
+             health = \"/_health\"\n"
+        ))
+        .toml("[dashboard]\ninterval = \"200ms\"\n")
+        .start()
+        .await
+        .expect("portico starts");
+    Managed(server)
+}
+
+#[tokio::test]
+async fn a_cold_request_makes_an_instance_appear_with_its_allocation_and_latency() {
+    let server = start_managed().await;
+    let server = &server.0;
+    let manager = get_json(server, "/dashboard/api/manager").await;
+    let hello = &manager["services"][0];
+    assert_eq!(hello["name"], "hello", "{manager}");
+    assert_eq!(hello["instances"].as_array().unwrap().len(), 0);
+    assert_eq!(manager["agents"][0]["id"], "test-host", "{manager}");
+
+    let response = server
+        .client()
+        .get(admin_url(server, "/hello/"))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let manager = get_json(server, "/dashboard/api/manager").await;
+        let hello = &manager["services"][0];
+        let instance = &hello["instances"][0];
+        let allocation = &hello["allocations"][0];
+        // The agent's load follows at its next report.
+        let running = manager["agents"][0]["running"] == 1;
+        if instance["state"] == "ready" && allocation["reason"] == "cold" && running {
+            assert_eq!(instance["agent"], "test-host");
+            assert!(instance["latency_ms"].as_f64().unwrap() > 0.0, "{manager}");
+            assert_eq!(instance["in_flight"], 0);
+            assert_eq!(instance["ejections"], 0);
+            assert_eq!(allocation["outcome"], "ok");
+            assert!(allocation["seconds"].as_f64().unwrap() > 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no instance shown: {manager}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The overview shows the proxied requests under the managed service's name.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let overview = get_json(server, "/dashboard/api/overview").await;
+        let proxied = overview["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == "proxy" && s["route"] == "hello")
+            .cloned();
+        if let Some(series) = proxied {
+            assert!(series["total"].as_u64().unwrap() >= 1);
+            assert!(series["p50_ms"].as_f64().is_some(), "{series}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no proxied series: {overview}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

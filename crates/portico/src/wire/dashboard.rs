@@ -53,7 +53,8 @@ fn sources(context: &Context<'_>) -> Sources {
         sources.workers.push(portico);
     }
     if let Some(manager) = context.shared.manager.get() {
-        let view = dashboard::RegistryManager::new(manager.view.clone());
+        let proxy = context.shared.proxy.get().cloned();
+        let view = dashboard::RegistryManager::new(manager.view.clone(), proxy);
         sources.manager = Some(Arc::new(view));
     }
     sources

@@ -46,6 +46,8 @@ pub struct Shared {
     pub manager: OnceLock<manager::ManagerHandle>,
     /// The job queue, for the dashboard.
     pub jobs: OnceLock<::jobs::Jobs>,
+    /// The proxy, for the dashboard.
+    pub proxy: OnceLock<::proxy::Proxy>,
 }
 
 /// One built-in service, as the binary knows it.
