@@ -247,8 +247,8 @@ function renderManaged(manager) {
       allocations.length ? el("div", {}, el("h3", { text: "Recent allocations" }), el("ul", {}, ...allocations)) : null);
   }));
   fill(document.querySelector("#agents tbody"), manager.agents.map((a) => el("tr", {},
-    td(a.id), td(a.advertise), el("td", {}, el("progress", { max: a.max_instances || 1, value: a.running }),
-      ` ${a.running}/${a.max_instances}`), td(secs(a.age_seconds), "num"))));
+    td(a.id), td(a.advertise), el("td", {}, el("progress", { max: a.max_instances || 1, value: a.instances }),
+      ` ${a.instances}/${a.max_instances}`), td(secs(a.age_seconds), "num"))));
 }
 
 // ---- capacity charts ---------------------------------------------------------------------

@@ -19,6 +19,9 @@ pub struct DashboardConfig {
     /// How often pages get a fresh picture.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// Between two points of the capacity history (it keeps 360: an hour at 10 s).
+    #[serde(with = "humantime_serde")]
+    pub capacity_interval: Duration,
 }
 
 impl Default for DashboardConfig {
@@ -29,6 +32,7 @@ impl Default for DashboardConfig {
             client_buffer: 8,
             recent_jobs: 50,
             interval: Duration::from_secs(1),
+            capacity_interval: Duration::from_secs(10),
         }
     }
 }
@@ -48,6 +52,11 @@ impl DashboardConfig {
         }
         if self.interval < Duration::from_millis(100) || self.interval > Duration::from_secs(60) {
             problems.push("dashboard.interval must be 100ms to 60s".to_string());
+        }
+        if self.capacity_interval < Duration::from_secs(1)
+            || self.capacity_interval > Duration::from_secs(3600)
+        {
+            problems.push("dashboard.capacity_interval must be 1s to 1h".to_string());
         }
         problems
     }

@@ -1,11 +1,11 @@
 //! The loop behind the live page: once per `interval` it samples the gateway's request
-//! counters; every ten seconds it adds a point to the capacity history; and, only while at
+//! counters; every `capacity_interval` (10 s) it adds a point to the capacity history; and, only while at
 //! least one page is open, it builds one `tick` event (overview, job services, the recent
 //! and running jobs, workers, the manager) and publishes it to every page. With no page open
 //! it costs one read of the request counters per second.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use jobs::{ListFilter, ServiceTotals};
 use serde_json::{json, Value};
@@ -15,14 +15,13 @@ use crate::api;
 use crate::sampler::CapacityPoint;
 use crate::Dashboard;
 
-/// Between two points of the capacity history.
-const CAPACITY_EVERY: Duration = Duration::from_secs(10);
 /// Running jobs added to the live list at most.
 const MAX_RUNNING: usize = 100;
 
 /// Runs until `token` is cancelled.
 pub(crate) async fn run(dashboard: Dashboard, token: CancellationToken) {
     let interval = dashboard.inner.config.interval;
+    let capacity_every = dashboard.inner.config.capacity_interval;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_point: Option<(Instant, Vec<ServiceTotals>)> = None;
@@ -34,7 +33,7 @@ pub(crate) async fn run(dashboard: Dashboard, token: CancellationToken) {
         sample_requests(&dashboard);
         let due = last_point
             .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() >= CAPACITY_EVERY);
+            .is_none_or(|(at, _)| at.elapsed() >= capacity_every);
         if due {
             last_point = Some(add_capacity_point(&dashboard, last_point.take()));
         }

@@ -214,7 +214,10 @@ pub struct AllocationRow {
 pub struct AgentRow {
     pub id: String,
     pub advertise: String,
+    /// As the agent last reported it.
     pub running: u32,
+    /// Instances the registry lists on it now (ahead of its next report).
+    pub instances: usize,
     pub max_instances: u32,
     pub age_seconds: f64,
 }
@@ -266,7 +269,7 @@ impl ManagerSource for RegistryManager {
             .as_ref()
             .map(proxy::Proxy::snapshot)
             .unwrap_or_default();
-        let services = self
+        let services: Vec<ManagedService> = self
             .view
             .services()
             .iter()
@@ -291,6 +294,13 @@ impl ManagerSource for RegistryManager {
                 }
             })
             .collect();
+        let on_agent = |id: &str| {
+            services
+                .iter()
+                .flat_map(|s| &s.instances)
+                .filter(|i| i.agent == id)
+                .count()
+        };
         let agents = self
             .view
             .agents()
@@ -299,6 +309,7 @@ impl ManagerSource for RegistryManager {
                 id: a.id.clone(),
                 advertise: a.advertise.to_string(),
                 running: a.running,
+                instances: on_agent(&a.id),
                 max_instances: a.max_instances,
                 age_seconds: age(a.started_at, now),
             })

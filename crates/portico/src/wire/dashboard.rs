@@ -70,6 +70,6 @@ mod tests {
         let documented: dashboard::DashboardConfig = section.try_into().expect("parses");
         assert_eq!(documented, dashboard::DashboardConfig::default());
         let keys = table["dashboard"].as_table().expect("a table").len();
-        assert_eq!(keys, 5, "every key is written out");
+        assert_eq!(keys, 6, "every key is written out");
     }
 }
