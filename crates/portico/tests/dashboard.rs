@@ -461,3 +461,98 @@ async fn a_cold_request_makes_an_instance_appear_with_its_allocation_and_latency
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Fills a fresh data directory's job store with `count` finished `echo` jobs (every 1000th
+/// a FAILURE), oldest first, straight through the records store (submitting them would take
+/// minutes).
+async fn store_with_jobs(dir: &std::path::Path, count: usize) {
+    let (data_dir, _) = service::DataDir::open_or_create(dir).unwrap();
+    let db = jobs::records::LocalDb::open(data_dir.dir().try_clone().unwrap(), None).unwrap();
+    let records = jobs::records::Records::Embedded(db.clone());
+    let now = time::OffsetDateTime::now_utc();
+    let mut batch = Vec::new();
+    for n in 0..count {
+        let mut job = jobs::Job::new("echo", serde_json::json!({"n": n}), now);
+        job.state = if n % 1000 == 0 {
+            jobs::State::Failure
+        } else {
+            jobs::State::Success
+        };
+        job.finished_at = Some(now);
+        batch.push(job);
+        if batch.len() == 5000 || n + 1 == count {
+            let writes = batch.iter().map(|job| records.insert(job));
+            for result in futures::future::join_all(writes).await {
+                result.unwrap();
+            }
+            batch.clear();
+        }
+    }
+    drop(records);
+    db.close().unwrap();
+}
+
+async fn timed_tasks(server: &Portico, query: &str) -> (Duration, Value) {
+    let started = Instant::now();
+    let page = get_json(server, &format!("/dashboard/api/tasks?{query}")).await;
+    (started.elapsed(), page)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_from_the_store_and_stays_fast_with_100000_jobs() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("data");
+    store_with_jobs(&dir, 100_000).await;
+    let server = Portico::builder(env!("CARGO_BIN_EXE_portico"))
+        .listeners_toml("[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"admin\", \"jobs\"]\n")
+        .toml("[jobs.security]\nbypass = true\n")
+        .toml(JOBS)
+        .data_dir(&dir)
+        .start()
+        .await
+        .expect("portico starts");
+
+    let (took, newest) = timed_tasks(&server, "limit=50").await;
+    assert_eq!(newest.as_object().unwrap().len(), 50);
+    assert!(took < Duration::from_millis(500), "newest 50 took {took:?}");
+    let (took, page) = timed_tasks(&server, "service=echo&state=SUCCESS&limit=100").await;
+    assert_eq!(page.as_object().unwrap().len(), 100);
+    assert!(
+        took < Duration::from_millis(500),
+        "a filtered page took {took:?}"
+    );
+    // The next page starts after the oldest of this one.
+    let oldest = page
+        .as_object()
+        .unwrap()
+        .values()
+        .min_by(|a, b| {
+            a["received"]
+                .as_f64()
+                .partial_cmp(&b["received"].as_f64())
+                .unwrap()
+        })
+        .unwrap()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, next) = timed_tasks(&server, &format!("limit=100&after={oldest}")).await;
+    assert_eq!(next.as_object().unwrap().len(), 100);
+    assert!(next.get(&oldest).is_none());
+    // A rare state means scanning many records: still bounded, reported, not asserted tight.
+    let (took, failures) = timed_tasks(&server, "state=FAILURE&limit=20").await;
+    assert_eq!(failures.as_object().unwrap().len(), 20);
+    eprintln!("20 FAILURE jobs among 20,000 newest took {took:?}");
+
+    // The live stream still sends its picture at once.
+    let response = server
+        .client()
+        .get(admin_url(&server, "/dashboard/events"))
+        .send()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let events = read_events(response, 1).await;
+    assert_eq!(events[0].2["recent"].as_array().unwrap().len(), 50);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
