@@ -159,6 +159,9 @@ pub struct SeriesSummary {
     pub error_rate: f64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Over the last five minutes (the ten-second buckets; the filling one left out).
+    pub requests_per_second_5m: f64,
+    pub p99_ms_5m: Option<f64>,
     /// Requests per second, each of the last seconds, oldest first.
     pub per_second: Vec<u64>,
     /// Requests since the process started.
@@ -227,7 +230,15 @@ fn summary(service: &str, route: Option<&str>, series: &Series) -> SeriesSummary
         window.add(bucket);
     }
     let seconds = series.seconds.len().max(1) as f64;
+    let mut five = Bucket::default();
+    let tens: Vec<&Bucket> = series.tens.iter().rev().take(30).collect();
+    for bucket in &tens {
+        five.add(bucket);
+    }
+    let five_seconds = (tens.len() * 10).max(1) as f64;
     SeriesSummary {
+        requests_per_second_5m: five.requests as f64 / five_seconds,
+        p99_ms_5m: five.quantile_ms(0.99),
         service: service.to_string(),
         route: route.map(str::to_string),
         requests_per_second: window.requests as f64 / seconds,
@@ -343,6 +354,9 @@ mod tests {
             sampler.sample(vec![totals("s", second * 3, 0, second * 3)]);
         }
         assert_eq!(sampler.held(), SECONDS + TENS);
+        let summary = &sampler.summaries()[0];
+        assert_eq!(summary.requests_per_second, 3.0);
+        assert_eq!(summary.requests_per_second_5m, 3.0);
         let mut history = CapacityHistory::default();
         for at in 0..1000 {
             let point = CapacityPoint {
