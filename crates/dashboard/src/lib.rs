@@ -3,8 +3,8 @@
 //! event stream per open page (`/dashboard/events`).
 //!
 //! The dashboard reads, it never owns: what it shows comes through the read-only seams in
-//! [`sources`] (the job queue, workers of any kind, the service manager), plus the gateway's
-//! request counters sampled once a second ([`sampler`]). The binary builds a [`Dashboard`]
+//! [`sources`] (the job queue, workers of any kind, the service manager, the gateway's request
+//! counters, sampled once a second by [`sampler`]). The binary builds a [`Dashboard`]
 //! from whatever services it opened and mounts [`Dashboard::router`] wherever `admin` is.
 //!
 //! Memory does not grow with time or with the number of pages: every history is a ring of
@@ -28,7 +28,7 @@ use std::time::Instant;
 pub use config::DashboardConfig;
 pub use sources::{
     JobsSource, ListenerInfo, ManagerSnapshot, ManagerSource, PorticoJobs, RegistryManager,
-    WorkerRow, WorkerSource,
+    RequestSource, RequestTotals, WorkerRow, WorkerSource,
 };
 
 /// What the dashboard is built from.
@@ -40,6 +40,8 @@ pub struct Sources {
     pub workers: Vec<Arc<dyn WorkerSource>>,
     /// The service manager, when this process opened it.
     pub manager: Option<Arc<dyn ManagerSource>>,
+    /// The gateway's request counters.
+    pub requests: Option<Arc<dyn RequestSource>>,
     /// The listeners, as configured.
     pub listeners: Vec<ListenerInfo>,
     /// The program's version.
@@ -65,12 +67,17 @@ impl Dashboard {
     /// A dashboard over `sources`; call [`Dashboard::start`] to sample and publish.
     pub fn new(config: DashboardConfig, sources: Sources) -> Dashboard {
         let hub = events::Hub::new(config.replay_events, config.client_buffer);
+        let bounds = sources
+            .requests
+            .as_ref()
+            .map(|r| r.bounds_micros().to_vec())
+            .unwrap_or_default();
         Dashboard {
             inner: Arc::new(Inner {
                 config,
                 sources,
                 started: Instant::now(),
-                requests: Mutex::new(sampler::RequestSampler::default()),
+                requests: Mutex::new(sampler::RequestSampler::new(&bounds)),
                 capacity: Mutex::new(sampler::CapacityHistory::default()),
                 hub,
             }),

@@ -45,7 +45,10 @@ pub(crate) async fn run(dashboard: Dashboard, token: CancellationToken) {
 }
 
 fn sample_requests(dashboard: &Dashboard) {
-    let totals = gateway::request_metrics::totals();
+    let Some(source) = &dashboard.inner.sources.requests else {
+        return;
+    };
+    let totals = source.totals();
     dashboard
         .inner
         .requests

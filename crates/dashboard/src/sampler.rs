@@ -1,6 +1,7 @@
 //! Histories of fixed size, fed once a second by the live loop (`live.rs`):
 //!
-//! - [`RequestSampler`]: the gateway's request counters (`gateway::request_metrics::totals`)
+//! - [`RequestSampler`]: the gateway's request counters (a [`RequestSource`]: the binary hands
+//!   over `gateway::request_metrics::totals`, the dashboard does not depend on the gateway)
 //!   turned into per-second buckets (the last [`SECONDS`]) and ten-second buckets (the last
 //!   hour) per series (a service, or a managed service through the proxy); requests/s, error
 //!   rate and p50/p99 come from the buckets' histograms.
@@ -13,8 +14,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use gateway::request_metrics::{RequestTotals, BOUNDS_MICROS};
 use serde::Serialize;
+
+pub use crate::sources::{RequestSource, RequestTotals};
 
 /// Per-second buckets kept (the overview's window).
 pub const SECONDS: usize = 60;
@@ -22,8 +24,6 @@ pub const SECONDS: usize = 60;
 pub const TENS: usize = 360;
 /// Series followed at most.
 pub const MAX_SERIES: usize = 256;
-
-const BUCKETS: usize = BOUNDS_MICROS.len() + 1;
 
 /// A ring that keeps the newest `cap` values.
 #[derive(Debug, Clone)]
@@ -65,27 +65,21 @@ impl<T> Ring<T> {
 }
 
 /// Requests in one interval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Bucket {
     pub requests: u64,
     pub errors: u64,
-    pub durations: [u64; BUCKETS],
-}
-
-impl Default for Bucket {
-    fn default() -> Self {
-        Bucket {
-            requests: 0,
-            errors: 0,
-            durations: [0; BUCKETS],
-        }
-    }
+    /// Per duration bucket of the source's bounds (not cumulative; the last is over them).
+    pub durations: Vec<u64>,
 }
 
 impl Bucket {
     fn add(&mut self, other: &Bucket) {
         self.requests += other.requests;
         self.errors += other.errors;
+        if self.durations.len() < other.durations.len() {
+            self.durations.resize(other.durations.len(), 0);
+        }
         for (total, n) in self.durations.iter_mut().zip(&other.durations) {
             *total += n;
         }
@@ -97,13 +91,15 @@ impl Bucket {
             return Bucket {
                 requests: now.requests,
                 errors: now.errors,
-                durations: now.buckets,
+                durations: now.buckets.clone(),
             };
         };
-        let mut durations = [0; BUCKETS];
-        for (i, d) in durations.iter_mut().enumerate() {
-            *d = now.buckets[i].saturating_sub(before.buckets[i]);
-        }
+        let durations = now
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.saturating_sub(before.buckets.get(i).copied().unwrap_or(0)))
+            .collect();
         Bucket {
             requests: now.requests - before.requests,
             errors: now.errors.saturating_sub(before.errors),
@@ -111,9 +107,10 @@ impl Bucket {
         }
     }
 
-    /// The `q` quantile in milliseconds, linear within the bucket it falls in (the last
-    /// bucket has no upper bound: its lower bound is answered).
-    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
+    /// The `q` quantile in milliseconds, linear within the bucket it falls in (`bounds`:
+    /// the upper bounds in microseconds; the last bucket has none: its lower bound is
+    /// answered).
+    pub fn quantile_ms(&self, q: f64, bounds: &[u64]) -> Option<f64> {
         let total: u64 = self.durations.iter().sum();
         if total == 0 {
             return None;
@@ -123,8 +120,11 @@ impl Bucket {
         for (i, n) in self.durations.iter().enumerate() {
             let n = *n as f64;
             if n > 0.0 && seen + n >= rank {
-                let low = if i == 0 { 0 } else { BOUNDS_MICROS[i - 1] } as f64;
-                let Some(high) = BOUNDS_MICROS.get(i) else {
+                let low = match i {
+                    0 => 0.0,
+                    i => bounds.get(i - 1).copied().unwrap_or(0) as f64,
+                };
+                let Some(high) = bounds.get(i) else {
                     return Some(low / 1000.0);
                 };
                 let within = ((rank - seen) / n).clamp(0.0, 1.0);
@@ -172,9 +172,19 @@ pub struct SeriesSummary {
 #[derive(Debug, Default)]
 pub struct RequestSampler {
     series: BTreeMap<Key, Series>,
+    /// Upper bounds of the duration buckets, in microseconds.
+    bounds: Vec<u64>,
 }
 
 impl RequestSampler {
+    /// A sampler of counters whose durations are bucketed by `bounds` (microseconds).
+    pub fn new(bounds: &[u64]) -> RequestSampler {
+        RequestSampler {
+            series: BTreeMap::new(),
+            bounds: bounds.to_vec(),
+        }
+    }
+
     /// One second passed: `totals` is the gateway's counters now.
     pub fn sample(&mut self, totals: Vec<RequestTotals>) {
         for now in totals {
@@ -186,7 +196,7 @@ impl RequestSampler {
                 last: RequestTotals {
                     requests: 0,
                     errors: 0,
-                    buckets: [0; BUCKETS],
+                    buckets: Vec::new(),
                     ..now.clone()
                 },
                 seconds: Ring::new(SECONDS),
@@ -196,8 +206,8 @@ impl RequestSampler {
             });
             let bucket = Bucket::between(&now, Some(&series.last));
             series.last = now;
-            series.seconds.push(bucket);
             series.filling.add(&bucket);
+            series.seconds.push(bucket);
             series.filled += 1;
             if series.filled == 10 {
                 series.tens.push(std::mem::take(&mut series.filling));
@@ -211,7 +221,9 @@ impl RequestSampler {
         self.series
             .iter()
             .filter(|(_, s)| s.last.requests > 0)
-            .map(|((service, route), series)| summary(service, route.as_deref(), series))
+            .map(|((service, route), series)| {
+                summary(service, route.as_deref(), series, &self.bounds)
+            })
             .collect()
     }
 
@@ -224,7 +236,7 @@ impl RequestSampler {
     }
 }
 
-fn summary(service: &str, route: Option<&str>, series: &Series) -> SeriesSummary {
+fn summary(service: &str, route: Option<&str>, series: &Series, bounds: &[u64]) -> SeriesSummary {
     let mut window = Bucket::default();
     for bucket in series.seconds.iter() {
         window.add(bucket);
@@ -238,7 +250,7 @@ fn summary(service: &str, route: Option<&str>, series: &Series) -> SeriesSummary
     let five_seconds = (tens.len() * 10).max(1) as f64;
     SeriesSummary {
         requests_per_second_5m: five.requests as f64 / five_seconds,
-        p99_ms_5m: five.quantile_ms(0.99),
+        p99_ms_5m: five.quantile_ms(0.99, bounds),
         service: service.to_string(),
         route: route.map(str::to_string),
         requests_per_second: window.requests as f64 / seconds,
@@ -246,8 +258,8 @@ fn summary(service: &str, route: Option<&str>, series: &Series) -> SeriesSummary
             0 => 0.0,
             n => window.errors as f64 / n as f64,
         },
-        p50_ms: window.quantile_ms(0.5),
-        p99_ms: window.quantile_ms(0.99),
+        p50_ms: window.quantile_ms(0.5, bounds),
+        p99_ms: window.quantile_ms(0.99, bounds),
         per_second: series.seconds.iter().map(|b| b.requests).collect(),
         total: series.last.requests,
     }
@@ -320,8 +332,14 @@ impl CapacityHistory {
 mod tests {
     use super::*;
 
+    /// The gateway's bounds (0.5 ms to 10 s).
+    const BOUNDS: [u64; 14] = [
+        500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+        2_500_000, 5_000_000, 10_000_000,
+    ];
+
     fn totals(service: &str, requests: u64, errors: u64, fast: u64) -> RequestTotals {
-        let mut buckets = [0; BUCKETS];
+        let mut buckets = vec![0; BOUNDS.len() + 1];
         buckets[0] = fast;
         buckets[5] = requests - fast;
         RequestTotals {
@@ -335,7 +353,7 @@ mod tests {
 
     #[test]
     fn rates_come_from_differences_between_seconds() {
-        let mut sampler = RequestSampler::default();
+        let mut sampler = RequestSampler::new(&BOUNDS);
         sampler.sample(vec![totals("s", 100, 0, 100)]);
         sampler.sample(vec![totals("s", 110, 5, 100)]);
         let summary = &sampler.summaries()[0];
@@ -349,7 +367,7 @@ mod tests {
 
     #[test]
     fn rings_stay_at_their_caps_however_long_the_page_is_open() {
-        let mut sampler = RequestSampler::default();
+        let mut sampler = RequestSampler::new(&BOUNDS);
         for second in 0..(TENS as u64 * 10 + 500) {
             sampler.sample(vec![totals("s", second * 3, 0, second * 3)]);
         }
@@ -375,7 +393,7 @@ mod tests {
 
     #[test]
     fn series_are_capped() {
-        let mut sampler = RequestSampler::default();
+        let mut sampler = RequestSampler::new(&BOUNDS);
         let many: Vec<RequestTotals> = (0..MAX_SERIES + 20)
             .map(|n| totals(&format!("s{n}"), 1, 0, 1))
             .collect();
@@ -385,9 +403,12 @@ mod tests {
 
     #[test]
     fn a_quantile_in_the_open_last_bucket_is_its_lower_bound() {
-        let mut bucket = Bucket::default();
-        bucket.durations[BUCKETS - 1] = 4;
-        assert_eq!(bucket.quantile_ms(0.99), Some(10_000.0));
-        assert_eq!(Bucket::default().quantile_ms(0.5), None);
+        let mut bucket = Bucket {
+            durations: vec![0; BOUNDS.len() + 1],
+            ..Bucket::default()
+        };
+        bucket.durations[BOUNDS.len()] = 4;
+        assert_eq!(bucket.quantile_ms(0.99, &BOUNDS), Some(10_000.0));
+        assert_eq!(Bucket::default().quantile_ms(0.5, &BOUNDS), None);
     }
 }

@@ -8,7 +8,10 @@
 //!   workers' heartbeats and counts from Celery events) without touching the dashboard.
 //! - [`ManagerSource`]: the service manager's catalog, instances and agents; implemented by
 //!   [`RegistryManager`] over the registry's view.
+//! - [`RequestSource`]: the gateway's request counters; the binary implements it over
+//!   `gateway::request_metrics` (services do not depend on the gateway).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::future::BoxFuture;
@@ -345,4 +348,26 @@ fn instance_row(
         ejected: measured.map(|m| m.ejected),
         ejections: measured.map(|m| m.ejections),
     }
+}
+
+/// One series of request counters since the process started (a service, or a managed
+/// service behind the proxy: `route`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestTotals {
+    pub service: Arc<str>,
+    pub route: Option<Arc<str>>,
+    pub requests: u64,
+    /// Answers with a 5xx status.
+    pub errors: u64,
+    /// Durations per bucket of [`RequestSource::bounds_micros`] (not cumulative; one more
+    /// than the bounds: the last is over them).
+    pub buckets: Vec<u64>,
+}
+
+/// The gateway's request counters.
+pub trait RequestSource: Send + Sync + 'static {
+    /// Upper bounds of the duration buckets, in microseconds.
+    fn bounds_micros(&self) -> &[u64];
+    /// Every series now.
+    fn totals(&self) -> Vec<RequestTotals>;
 }

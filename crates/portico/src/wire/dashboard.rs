@@ -47,6 +47,7 @@ fn sources(context: &Context<'_>) -> Sources {
             .collect(),
         ..Sources::default()
     };
+    sources.requests = Some(Arc::new(GatewayRequests));
     if let Some(jobs) = context.shared.jobs.get() {
         let portico = Arc::new(dashboard::PorticoJobs::new(jobs.clone()));
         sources.jobs = Some(portico.clone());
@@ -58,6 +59,28 @@ fn sources(context: &Context<'_>) -> Sources {
         sources.manager = Some(Arc::new(view));
     }
     sources
+}
+
+/// The gateway's request counters, for the dashboard (which does not depend on the gateway).
+struct GatewayRequests;
+
+impl dashboard::RequestSource for GatewayRequests {
+    fn bounds_micros(&self) -> &[u64] {
+        &gateway::request_metrics::BOUNDS_MICROS
+    }
+
+    fn totals(&self) -> Vec<dashboard::RequestTotals> {
+        gateway::request_metrics::totals()
+            .into_iter()
+            .map(|t| dashboard::RequestTotals {
+                service: t.service,
+                route: t.route,
+                requests: t.requests,
+                errors: t.errors,
+                buckets: t.buckets.to_vec(),
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
