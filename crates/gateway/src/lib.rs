@@ -15,7 +15,7 @@ pub mod logging;
 mod middleware;
 pub mod privilege;
 mod request;
-mod request_metrics;
+pub mod request_metrics;
 pub mod rotate;
 pub mod server;
 mod stream;

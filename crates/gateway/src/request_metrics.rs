@@ -25,7 +25,7 @@ use service::Label;
 use crate::middleware::ServiceTag;
 
 /// Upper bounds of the histogram buckets, in microseconds (`+Inf` follows).
-const BOUNDS_MICROS: [u64; 14] = [
+pub const BOUNDS_MICROS: [u64; 14] = [
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
     2_500_000, 5_000_000, 10_000_000,
 ];
@@ -157,6 +157,55 @@ impl ThreadSeries {
     }
 }
 
+/// One series' counts since the process started, workers summed (the dashboard's sampler
+/// takes differences between two readings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestTotals {
+    pub service: Arc<str>,
+    /// The route label a service set (the managed service of a proxied request).
+    pub route: Option<Arc<str>>,
+    pub requests: u64,
+    /// Answers with a 5xx status.
+    pub errors: u64,
+    /// Durations per bucket of [`BOUNDS_MICROS`] (not cumulative); the last is over them.
+    pub buckets: [u64; BOUNDS_MICROS.len() + 1],
+}
+
+/// Every series' totals, sorted by service then route.
+pub fn totals() -> Vec<RequestTotals> {
+    let registry = registry();
+    let mut by_names: std::collections::BTreeMap<Names, RequestTotals> = Default::default();
+    fn entry<'a>(
+        by_names: &'a mut std::collections::BTreeMap<Names, RequestTotals>,
+        names: &Names,
+    ) -> &'a mut RequestTotals {
+        by_names
+            .entry(names.clone())
+            .or_insert_with(|| RequestTotals {
+                service: names.0.clone(),
+                route: names.1.clone(),
+                requests: 0,
+                errors: 0,
+                buckets: [0; BOUNDS_MICROS.len() + 1],
+            })
+    }
+    for (names, status, counter) in &registry.counts {
+        let totals = entry(&mut by_names, names);
+        let count = counter.get();
+        totals.requests += count;
+        if *status >= 500 {
+            totals.errors += count;
+        }
+    }
+    for (names, durations) in &registry.durations {
+        let totals = entry(&mut by_names, names);
+        for (total, bucket) in totals.buckets.iter_mut().zip(&durations.buckets) {
+            *total += bucket.get();
+        }
+    }
+    by_names.into_values().collect()
+}
+
 /// Both metric families in the Prometheus text format, workers summed.
 pub(crate) fn render() -> String {
     let registry = registry();
@@ -280,6 +329,27 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn totals_sum_workers_and_count_5xx_as_errors() {
+        let tag = ServiceTag::new("metrics-test-totals");
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    record(Some(&tag), None, 200, Duration::from_micros(700));
+                    record(Some(&tag), None, 503, Duration::from_micros(300));
+                });
+            }
+        });
+        let all = totals();
+        let mine = all
+            .iter()
+            .find(|t| &*t.service == "metrics-test-totals")
+            .expect("the series is there");
+        assert_eq!((mine.requests, mine.errors), (4, 2));
+        assert_eq!(mine.buckets[0], 2);
+        assert_eq!(mine.buckets[1], 2);
     }
 
     #[test]

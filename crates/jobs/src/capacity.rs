@@ -69,6 +69,9 @@ struct ServiceMeter {
     first_second: u64,
     waits: Samples,
     runs: Samples,
+    /// Jobs submitted and runs finished since the meter started (the dashboard's rates).
+    arrived_total: u64,
+    finished_total: u64,
 }
 
 #[derive(Debug, Default)]
@@ -106,6 +109,8 @@ impl ServiceMeter {
             first_second: 0,
             waits: Samples::default(),
             runs: Samples::default(),
+            arrived_total: 0,
+            finished_total: 0,
         }
     }
 
@@ -133,6 +138,7 @@ impl ServiceMeter {
             self.buckets.push_back(0);
         }
         self.buckets[index] += 1;
+        self.arrived_total += 1;
     }
 
     /// Arrivals per second over the last `seconds` (or since the meter started, if later).
@@ -188,7 +194,18 @@ impl Meter {
     }
 
     pub(crate) fn finished(&self, service: &str, ran: Duration, now: Instant) {
-        self.with(service, now, |m| m.runs.push(ran));
+        self.with(service, now, |m| {
+            m.runs.push(ran);
+            m.finished_total += 1;
+        });
+    }
+
+    /// Jobs of `service` submitted and runs finished since the meter started.
+    pub(crate) fn totals(&self, service: &str) -> (u64, u64) {
+        let services = self.services.lock().unwrap_or_else(|p| p.into_inner());
+        services
+            .get(service)
+            .map_or((0, 0), |m| (m.arrived_total, m.finished_total))
     }
 
     pub(crate) fn read(&self, service: &str, now: Instant) -> Reading {

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 
 use crate::broker::amqp::{AmqpBroker, AmqpSetup};
 use crate::broker::embedded::Setup;
+use crate::broker::embedded::WorkerInfo;
 use crate::broker::{AnyBroker, Broker, EmbeddedBroker};
 use crate::capacity::{self, Counts, Scaler, ServiceCapacity};
 use crate::config::{load_or_create_jwt_key, BrokerConfig, JobsConfig, StateConfig, Workers};
@@ -58,6 +59,16 @@ struct Inner {
     db: Option<LocalDb>,
     /// Where workflow drivers run.
     background: service::Background,
+}
+
+/// Counts of one service since this process started.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ServiceTotals {
+    pub service: String,
+    /// Jobs submitted here.
+    pub submitted: u64,
+    /// Runs that ended (a result, a failure, or given back for a retry).
+    pub finished: u64,
 }
 
 /// What tests and tools may change in how [`Jobs`] opens.
@@ -371,6 +382,36 @@ impl Jobs {
         };
         let reading = broker.meter().read(name, now);
         capacity::estimate(name, reading, counts, self.inner.config.target_wait)
+    }
+
+    /// Per service in config order: jobs submitted and runs finished since this process
+    /// started (the dashboard turns them into arrival and completion rates).
+    pub fn totals(&self) -> Vec<ServiceTotals> {
+        let Some(broker) = &self.inner.embedded else {
+            return Vec::new();
+        };
+        self.inner
+            .config
+            .services
+            .iter()
+            .map(|service| {
+                let (submitted, finished) = broker.meter().totals(&service.name);
+                ServiceTotals {
+                    service: service.name.clone(),
+                    submitted,
+                    finished,
+                }
+            })
+            .collect()
+    }
+
+    /// Every worker the broker saw (local slots once they took a job, remote workers), with
+    /// the jobs each runs now.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        self.inner
+            .embedded
+            .as_ref()
+            .map_or_else(Vec::new, EmbeddedBroker::workers)
     }
 
     // Remote workers (`portico worker --gateway`), embedded broker.

@@ -39,10 +39,11 @@ pub mod records;
 pub mod runner;
 pub mod workflow;
 
+pub use broker::embedded::WorkerInfo;
 pub use capacity::ServiceCapacity;
 pub use config::JobsConfig;
 pub use error::Error;
-pub use facade::{Jobs, OpenOptions};
+pub use facade::{Jobs, OpenOptions, ServiceTotals};
 pub use model::{
     Change, Failure, Invocations, Job, JobId, Lease, LeaseId, LeaseStatus, ListFilter, Outcome,
     State,

@@ -108,8 +108,8 @@ async fn configured_services_are_in_the_catalog_and_the_api_manages_it() {
     let listener = &server.listeners()[0];
     assert_eq!(
         listener.services,
-        ["admin", "manager"],
-        "the manager goes with admin"
+        ["admin", "dashboard", "manager"],
+        "the manager and the dashboard go with admin"
     );
 
     let (status, services) = get(&server, "/manager/services").await;
@@ -372,7 +372,10 @@ async fn portico_agent_on_redis_runs_what_portico_services_adds() {
         .start()
         .await
         .expect("start the agent");
-    assert_eq!(agent.listeners()[0].services, ["admin", "manager"]);
+    assert_eq!(
+        agent.listeners()[0].services,
+        ["admin", "dashboard", "manager"]
+    );
 
     let bin = testserver();
     let (ok, stdout, stderr) = portico(&[

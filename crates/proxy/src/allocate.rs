@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::instances::{now, ServiceState};
 use crate::metrics;
+use crate::snapshot::AllocationRecord;
 use crate::Shared;
 
 /// Allocations waiting for the allocator task; one per service at most is ever in flight, so
@@ -75,7 +76,7 @@ async fn allocate(shared: &Shared, job: AllocJob) {
         .increment(1);
     ::metrics::histogram!(metrics::ALLOCATION_SECONDS, "service" => service.clone())
         .record(took.as_secs_f64());
-    let failure = match outcome {
+    let failure: Option<Arc<str>> = match outcome {
         Ok(instance) => {
             tracing::info!(service, instance = %instance.id, agent = %instance.agent, addr = %instance.addr, ?took, reason = ?job.reason, "instance allocated");
             // Waiting requests look in the view: make it show the instance now.
@@ -96,6 +97,13 @@ async fn allocate(shared: &Shared, job: AllocJob) {
             Some(Arc::from(reason.as_str()))
         }
     };
+    shared.allocations.push(AllocationRecord {
+        service: service.clone(),
+        reason: job.reason,
+        failure: failure.as_deref().map(str::to_string),
+        took,
+        at: std::time::SystemTime::now(),
+    });
     job.service.scale.finished(now(), failure);
 }
 

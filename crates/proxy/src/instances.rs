@@ -40,6 +40,8 @@ pub(crate) struct Upstream {
     pub probing: AtomicBool,
     /// Milliseconds after the proxy's epoch of the last usage report (0: never).
     used_ms: AtomicU64,
+    /// Times it was ejected (the dashboard).
+    pub ejections: AtomicU64,
 }
 
 impl Upstream {
@@ -50,6 +52,7 @@ impl Upstream {
             endpoint: Mutex::new(Endpoint::new(policy)),
             probing: AtomicBool::new(false),
             used_ms: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
         }
     }
 
@@ -94,6 +97,7 @@ impl Upstream {
             Transition::Unchanged => {}
             Transition::Ejected { backoff } => {
                 crate::pool::forget(addr);
+                self.ejections.fetch_add(1, Ordering::Relaxed);
                 ::metrics::counter!(metrics::EJECTIONS, "service" => service.clone()).increment(1);
                 tracing::warn!(service, instance, %addr, ?backoff, why, "instance ejected");
             }
@@ -101,6 +105,12 @@ impl Upstream {
                 tracing::info!(service, instance, %addr, "instance back in rotation");
             }
         }
+    }
+
+    /// Whether it answered at least one request through this proxy (its estimate is a
+    /// measurement, not the neutral start).
+    pub fn answered(&self) -> bool {
+        self.used_ms.load(Ordering::Relaxed) != 0
     }
 
     /// Whether this instance's use should be reported now (at most once a second); `now_ms`

@@ -39,6 +39,7 @@ mod pool;
 mod probe;
 mod route;
 mod scale;
+mod snapshot;
 mod upgrade;
 
 use std::collections::HashMap;
@@ -61,6 +62,7 @@ pub use metrics::{
     ALLOCATIONS, ALLOCATION_SECONDS, EJECTIONS, ERRORS, RETRIES, UNKNOWN_SERVICE,
     UPSTREAM_CONNECTIONS,
 };
+pub use snapshot::{AllocationRecord, InstanceStats, ServiceStats, RECENT_ALLOCATIONS};
 
 use instances::{Limits, Members, ServiceState, Upstream};
 
@@ -98,6 +100,7 @@ impl Proxy {
             jobs,
             usage,
             epoch: std::time::Instant::now(),
+            allocations: Default::default(),
         });
         background.spawn("proxy allocator", allocate::run(shared.clone(), job_queue));
         background.spawn(
@@ -130,6 +133,12 @@ impl Proxy {
         metrics::render(&self.shared, out);
     }
 
+    /// Every service that had a request here, with its instances as this proxy measures
+    /// them, and the recent allocations, newest first (the dashboard).
+    pub fn snapshot(&self) -> (Vec<ServiceStats>, Vec<AllocationRecord>) {
+        snapshot::take(&self.shared)
+    }
+
     /// The settings it runs with.
     pub fn settings(&self) -> &Settings {
         &self.shared.settings
@@ -152,6 +161,8 @@ pub(crate) struct Shared {
     usage: mpsc::Sender<Used>,
     /// The zero of usage-report times.
     epoch: std::time::Instant,
+    /// Recent allocations (the dashboard).
+    allocations: snapshot::Allocations,
 }
 
 /// An instance served a request.

@@ -127,7 +127,10 @@ mod tests {
         assert_eq!(manager.advertise().to_string(), "10.0.0.2");
         assert_eq!(config.listeners.len(), 1);
         assert_eq!(config.listeners[0].services, ["admin"]);
-        assert_eq!(config.gateway().listeners[0].services, ["admin", "manager"]);
+        assert_eq!(
+            config.gateway().listeners[0].services,
+            ["admin", "manager", "dashboard"]
+        );
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl BuiltIn for Jobs {
             context.readiness,
         )
         .await?;
+        let _ = context.shared.jobs.set(jobs.clone());
         // Page files (`doc = "doc.html"`) are read now, relative to the working directory.
         let api = jobs_api::api::JobsApi::new(jobs.clone(), Path::new("."), context.data_dir)?;
         context

@@ -6,6 +6,7 @@
 //! validation of every section, opening what listeners mount, the probes) is derived from that
 //! list.
 
+pub mod dashboard;
 pub mod fib;
 pub mod jobs;
 pub mod manager;
@@ -41,8 +42,12 @@ pub struct Context<'a> {
 /// What services opened earlier leave for later ones (the list's order is the opening order).
 #[derive(Default)]
 pub struct Shared {
-    /// The manager's registry and view, for the proxy.
+    /// The manager's registry and view, for the proxy and the dashboard.
     pub manager: OnceLock<manager::ManagerHandle>,
+    /// The job queue, for the dashboard.
+    pub jobs: OnceLock<::jobs::Jobs>,
+    /// The proxy, for the dashboard.
+    pub proxy: OnceLock<::proxy::Proxy>,
 }
 
 /// One built-in service, as the binary knows it.
@@ -151,6 +156,7 @@ services! {
     jobs: jobs::Jobs,
     manager: manager::Manager,
     proxy: proxy::ProxyService,
+    dashboard: dashboard::DashboardService,
 }
 
 fn take_section<S: BuiltIn>(table: &mut toml::Table) -> anyhow::Result<S::Config> {
@@ -225,7 +231,16 @@ mod tests {
         assert_eq!(config.services.messages.key_prefix, "p:");
         assert_eq!(
             SERVICE_NAMES,
-            &["admin", "messages", "region", "fib", "jobs", "manager", "proxy"]
+            &[
+                "admin",
+                "messages",
+                "region",
+                "fib",
+                "jobs",
+                "manager",
+                "proxy",
+                "dashboard"
+            ]
         );
     }
 

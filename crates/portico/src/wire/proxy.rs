@@ -30,6 +30,7 @@ impl BuiltIn for ProxyService {
             .map_err(|problems| anyhow::anyhow!(problems.join("; ")))?;
         settings.register_lease = context.config.services.manager.lease;
         let proxy = proxy::Proxy::start(settings, manager.view.clone(), &context.background);
+        let _ = context.shared.proxy.set(proxy.clone());
         let metrics = proxy.clone();
         Ok(Service::new(Self::NAME, proxy.router())
             .with_background(context.background)

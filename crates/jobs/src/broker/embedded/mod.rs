@@ -25,6 +25,7 @@ mod leases;
 mod queue;
 mod recovery;
 mod source;
+mod workers;
 mod writer;
 
 use std::collections::HashMap;
@@ -48,6 +49,8 @@ use crate::{Change, Error, Job, JobId, Lease, LeaseId, LeaseStatus, Outcome};
 
 pub(crate) use queue::{Queued, ServiceQueue};
 pub use source::LocalSource;
+pub use workers::WorkerInfo;
+use workers::WorkerTable;
 use writer::{Then, Write};
 
 /// A remote worker counts as active this long after it last asked for work or renewed.
@@ -74,6 +77,8 @@ pub(crate) struct Inner {
     remote_workers: Mutex<HashMap<String, HashMap<String, Instant>>>,
     /// Local slots taking from each service now (set by the runner).
     local_slots: Mutex<HashMap<String, usize>>,
+    /// Every worker seen, for the dashboard.
+    workers: WorkerTable,
 }
 
 impl std::fmt::Debug for Inner {
@@ -108,6 +113,8 @@ struct Flight {
     /// The lease ran out; the job is being requeued.
     lost: bool,
     taken: Instant,
+    /// The worker running it.
+    worker: String,
 }
 
 /// A job taken from the queue whose taker has not got it yet: if the taker goes away
@@ -202,6 +209,7 @@ impl EmbeddedBroker {
             meter: setup.meter,
             remote_workers: Mutex::default(),
             local_slots: Mutex::default(),
+            workers: WorkerTable::default(),
         });
         recovery::recover(&inner).await?;
         background.spawn("jobs-state-writer", writer::run(inner.clone(), receiver));
@@ -324,10 +332,12 @@ impl EmbeddedBroker {
                 remote,
                 lost: false,
                 taken: now,
+                worker: worker.to_string(),
             };
             flights.by_job.insert(job.id, flight);
             flights.by_lease.insert(lease, job.id);
         }
+        self.inner.workers.saw(&job.service, worker, remote, true);
         self.inner.meter.started(
             &job.service,
             now.saturating_duration_since(queued.since),
@@ -400,6 +410,9 @@ impl EmbeddedBroker {
         if flight.expires.is_some() {
             flight.expires = Some(Instant::now() + self.inner.lease);
         }
+        self.inner
+            .workers
+            .saw(&flight.service, &flight.worker, true, false);
         Ok(LeaseStatus::Held)
     }
 
@@ -460,6 +473,21 @@ impl EmbeddedBroker {
                 .filter(|at| now.saturating_duration_since(**at) < WORKER_SEEN)
                 .count()
         })
+    }
+
+    /// Every worker seen (local slots once they took a job), with the jobs each runs now.
+    pub fn workers(&self) -> Vec<WorkerInfo> {
+        let mut active: HashMap<(String, String), Vec<JobId>> = HashMap::new();
+        let mut lost = Vec::new();
+        for (id, flight) in &self.inner.flights().by_job {
+            let key = (flight.service.clone(), flight.worker.clone());
+            if flight.lost {
+                lost.push(key);
+            } else {
+                active.entry(key).or_default().push(*id);
+            }
+        }
+        self.inner.workers.list(&active, &lost, WORKER_SEEN)
     }
 
     /// The runner says how many local slots take from `service`.
@@ -528,6 +556,8 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner());
         let seen = workers.entry(service.to_string()).or_default();
         seen.insert(worker.to_string(), Instant::now());
+        drop(workers);
+        self.workers.saw(service, worker, true, false);
     }
 
     fn leased_job(&self, lease: &LeaseId) -> Result<JobId, Error> {
