@@ -505,7 +505,7 @@ async fn cancel_from_the_page_with_a_token_revokes_a_running_job() {
 }
 
 /// The test server as a managed service `hello`, none running; instances die with the test.
-async fn start_managed() -> (Portico, ManagedGuard) {
+async fn start_managed() -> ManagedGuard {
     let testserver = testkit::testserver_bin().unwrap().display().to_string();
     let server = start_jobs(
         true,
@@ -516,16 +516,24 @@ async fn start_managed() -> (Portico, ManagedGuard) {
         ),
     )
     .await;
-    let guard = ManagedGuard(server.data_dir().to_path_buf());
-    (server, guard)
+    ManagedGuard(server)
 }
 
-/// Kills the agent's instances (each in its own process group) when dropped.
-struct ManagedGuard(PathBuf);
+/// The server, then the agent's instances (each in its own process group), killed when
+/// dropped: in that order, or the agent restarts what was killed.
+struct ManagedGuard(Portico);
+
+impl std::ops::Deref for ManagedGuard {
+    type Target = Portico;
+    fn deref(&self) -> &Portico {
+        &self.0
+    }
+}
 
 impl Drop for ManagedGuard {
     fn drop(&mut self) {
-        let Ok(agents) = std::fs::read_dir(self.0.join("agent")) else {
+        self.0.kill9();
+        let Ok(agents) = std::fs::read_dir(self.0.data_dir().join("agent")) else {
             return;
         };
         for agent in agents.flatten() {
@@ -549,7 +557,7 @@ impl Drop for ManagedGuard {
 async fn a_cold_request_makes_an_instance_appear_on_the_page() {
     let Some(binary) = chromium() else { return };
     let _one = ONE_BROWSER.lock().await;
-    let (server, _instances) = start_managed().await;
+    let server = start_managed().await;
     let browser = Browser::launch(&binary);
     let mut tab = browser.tab();
     open(&mut tab, &server, "managed");
@@ -591,7 +599,7 @@ async fn a_cold_request_makes_an_instance_appear_on_the_page() {
 async fn the_page_loads_without_console_errors_and_every_view_draws() {
     let Some(binary) = chromium() else { return };
     let _one = ONE_BROWSER.lock().await;
-    let (server, _instances) = start_managed().await;
+    let server = start_managed().await;
     for _ in 0..3 {
         submit(&server, "steps", None).await;
     }
