@@ -27,8 +27,8 @@ use std::time::Instant;
 
 pub use config::DashboardConfig;
 pub use sources::{
-    JobsSource, ListenerInfo, ManagerSnapshot, ManagerSource, PorticoJobs, RegistryManager,
-    RequestSource, RequestTotals, WorkerRow, WorkerSource,
+    CeleryWorkers, JobsSource, ListenerInfo, ManagerSnapshot, ManagerSource, PorticoJobs,
+    RegistryManager, RequestSource, RequestTotals, WorkerRow, WorkerSource,
 };
 
 /// What the dashboard is built from.

@@ -136,6 +136,41 @@ impl WorkerSource for PorticoJobs {
     }
 }
 
+/// The Celery workers on the AMQP broker's queues (Python ones and `portico worker
+/// --broker`), from their `celeryev` heartbeats and task events.
+#[derive(Clone)]
+pub struct CeleryWorkers(pub jobs::Jobs);
+
+impl WorkerSource for CeleryWorkers {
+    fn workers(&self) -> BoxFuture<'static, Vec<WorkerRow>> {
+        let rows = self
+            .0
+            .celery_workers()
+            .into_iter()
+            .map(celery_row)
+            .collect();
+        Box::pin(std::future::ready(rows))
+    }
+}
+
+fn celery_row(worker: jobs::CeleryWorker) -> WorkerRow {
+    let status = match (worker.lost, worker.active.is_empty()) {
+        (true, _) => "lost",
+        (false, false) => "busy",
+        (false, true) => "idle",
+    };
+    WorkerRow {
+        name: worker.name,
+        kind: "celery",
+        services: Vec::new(),
+        status,
+        heartbeat_seconds: Some(worker.last_seen_seconds),
+        active: worker.active.iter().map(JobId::to_string).collect(),
+        processed: worker.processed,
+        remote: true,
+    }
+}
+
 fn worker_row(worker: jobs::WorkerInfo) -> WorkerRow {
     let status = match (worker.lost, worker.active.is_empty()) {
         (true, _) => "lost",

@@ -24,7 +24,9 @@ use crate::hub::Hub;
 use crate::records::{LocalDb, Records, RedisRecords};
 use crate::runner::orphans::ChildRegistry;
 use crate::runner::{Runner, RunnerSettings};
-use crate::{Error, Invocations, Job, JobId, Lease, LeaseId, LeaseStatus, ListFilter, Outcome};
+use crate::{
+    CeleryWorker, Error, Invocations, Job, JobId, Lease, LeaseId, LeaseStatus, ListFilter, Outcome,
+};
 
 /// How often invocation counts are stored (at most this much counting is lost in a crash).
 const INVOCATION_FLUSH: Duration = Duration::from_secs(1);
@@ -412,6 +414,15 @@ impl Jobs {
             .embedded
             .as_ref()
             .map_or_else(Vec::new, EmbeddedBroker::workers)
+    }
+
+    /// Celery workers (any on the AMQP broker's queues, Python or `portico worker --broker`)
+    /// as their `celeryev` events show them; empty with the embedded broker.
+    pub fn celery_workers(&self) -> Vec<CeleryWorker> {
+        match &self.inner.broker {
+            AnyBroker::Amqp(broker) => broker.celery_workers(),
+            AnyBroker::Embedded(_) => Vec::new(),
+        }
     }
 
     // Remote workers (`portico worker --gateway`), embedded broker.

@@ -39,6 +39,7 @@ pub mod records;
 pub mod runner;
 pub mod workflow;
 
+pub use broker::amqp::events::CeleryWorker;
 pub use broker::embedded::WorkerInfo;
 pub use capacity::ServiceCapacity;
 pub use config::JobsConfig;

@@ -371,7 +371,41 @@ async fn interop_with(venv: &Venv, backend: &str, celery_backend: &str) {
     cancel_running(&server, &token).await;
     // The worker survived the revoke (SIGKILL to its pool child) and runs the next job.
     progress_then_success(&server, &token, "python").await;
+    dashboard_lists_the_celery_worker(&server, "w1").await;
     clean_up(&server, &queue).await;
+}
+
+/// The dashboard's worker table has the Celery worker `node` (from its heartbeats and task
+/// events), beating, with the jobs it finished counted.
+async fn dashboard_lists_the_celery_worker(server: &Portico, node: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let workers: Value = server
+            .client()
+            .get(server.url("/dashboard/api/workers"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let celery = workers.as_object().and_then(|all| {
+            all.iter()
+                .find(|(name, row)| name.starts_with(node) && row["kind"] == "celery")
+        });
+        if let Some((_, row)) = celery {
+            if row["processed"].as_u64().unwrap_or(0) >= 3 {
+                assert_ne!(row["status"], "lost", "{row}");
+                assert!(row["heartbeat_seconds"].as_f64().unwrap() < 8.0, "{row}");
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no celery worker {node} in {workers}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

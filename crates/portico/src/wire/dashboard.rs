@@ -52,6 +52,9 @@ fn sources(context: &Context<'_>) -> Sources {
         let portico = Arc::new(dashboard::PorticoJobs::new(jobs.clone()));
         sources.jobs = Some(portico.clone());
         sources.workers.push(portico);
+        sources
+            .workers
+            .push(Arc::new(dashboard::CeleryWorkers(jobs.clone())));
     }
     if let Some(manager) = context.shared.manager.get() {
         let proxy = context.shared.proxy.get().cloned();

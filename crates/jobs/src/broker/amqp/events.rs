@@ -37,7 +37,17 @@ pub const LOST_AFTER: Duration = Duration::from_secs(8);
 pub struct Liveness {
     workers: HashMap<String, Instant>,
     tasks: HashMap<JobId, String>,
+    /// Tasks each worker finished (succeeded, failed, revoked) since this process started.
+    processed: HashMap<String, u64>,
+    /// Workers found silent, and when they last beat (kept for [`KEEP_LOST`] for the
+    /// dashboard; at most [`MAX_LOST`]).
+    lost: HashMap<String, Instant>,
 }
+
+/// How long a lost worker stays in the worker table.
+pub const KEEP_LOST: Duration = Duration::from_secs(600);
+/// Lost workers kept at most.
+const MAX_LOST: usize = 1024;
 
 /// What an event asks of the broker.
 #[derive(Debug, PartialEq)]
@@ -69,10 +79,12 @@ impl Liveness {
             .and_then(|id| id.parse::<JobId>().ok());
         match (kind, task) {
             ("worker-heartbeat", _) => {
+                self.lost.remove(&host);
                 self.workers.insert(host, now);
                 Action::Nothing
             }
             ("worker-online", _) => {
+                self.lost.remove(&host);
                 self.workers.insert(host.clone(), now);
                 Action::Online(host)
             }
@@ -94,6 +106,9 @@ impl Liveness {
                 Some(id),
             ) => {
                 self.tasks.remove(&id);
+                if kind != "task-retried" && self.workers.contains_key(&host) {
+                    *self.processed.entry(host).or_default() += 1;
+                }
                 Action::Nothing
             }
             _ => Action::Nothing,
@@ -108,9 +123,15 @@ impl Liveness {
             .filter(|(_, seen)| now.duration_since(**seen) > LOST_AFTER)
             .map(|(host, _)| host.clone())
             .collect();
+        self.lost
+            .retain(|_, seen| now.duration_since(*seen) <= KEEP_LOST);
         gone.into_iter()
             .map(|host| {
-                self.workers.remove(&host);
+                if let Some(seen) = self.workers.remove(&host) {
+                    if self.lost.len() < MAX_LOST {
+                        self.lost.insert(host.clone(), seen);
+                    }
+                }
                 self.lose(&host)
             })
             .collect()
@@ -133,6 +154,45 @@ impl Liveness {
     pub fn alive(&self) -> usize {
         self.workers.len()
     }
+
+    /// The worker table at `now`: workers beating, then those lost recently.
+    pub fn table(&self, now: Instant) -> Vec<CeleryWorker> {
+        let row = |host: &String, seen: &Instant, lost: bool| CeleryWorker {
+            name: host.clone(),
+            last_seen_seconds: now.duration_since(*seen).as_secs_f64(),
+            active: self
+                .tasks
+                .iter()
+                .filter(|(_, h)| *h == host)
+                .map(|(id, _)| *id)
+                .collect(),
+            processed: self.processed.get(host).copied().unwrap_or(0),
+            lost,
+        };
+        let mut rows: Vec<CeleryWorker> = self
+            .workers
+            .iter()
+            .map(|(host, seen)| row(host, seen, false))
+            .chain(self.lost.iter().map(|(host, seen)| row(host, seen, true)))
+            .collect();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows
+    }
+}
+
+/// One Celery worker as its events show it (the dashboard's worker table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CeleryWorker {
+    /// Its node name (`celery@host`).
+    pub name: String,
+    /// Seconds since its last event.
+    pub last_seen_seconds: f64,
+    /// Tasks it started and has not finished.
+    pub active: Vec<JobId>,
+    /// Tasks it finished since this process started.
+    pub processed: u64,
+    /// Silent past [`LOST_AFTER`].
+    pub lost: bool,
 }
 
 /// Declares `celeryev` unless it exists (passively first, as the pidbox exchanges: flags
@@ -175,10 +235,9 @@ pub async fn declare_exchange(connection: &Connection) -> Result<(), lapin::Erro
 
 /// Follows events until `stop`, reconnecting after breaks.
 pub(crate) async fn follow(broker: AmqpBroker, url: String, stop: CancellationToken) {
-    let mut liveness = Liveness::default();
     let mut backoff = Backoff::default();
     loop {
-        let round = follow_once(&broker, &url, &mut liveness, &mut backoff);
+        let round = follow_once(&broker, &url, &mut backoff);
         let outcome = tokio::select! {
             _ = stop.cancelled() => return,
             outcome = round => outcome,
@@ -193,12 +252,7 @@ pub(crate) async fn follow(broker: AmqpBroker, url: String, stop: CancellationTo
     }
 }
 
-async fn follow_once(
-    broker: &AmqpBroker,
-    url: &str,
-    liveness: &mut Liveness,
-    backoff: &mut Backoff,
-) -> Result<(), String> {
+async fn follow_once(broker: &AmqpBroker, url: &str, backoff: &mut Backoff) -> Result<(), String> {
     let connection = connect(url, "portico-events")
         .await
         .map_err(|e| e.to_string())?;
@@ -252,12 +306,13 @@ async fn follow_once(
                     one => vec![one],
                 };
                 for event in &batch {
-                    let action = liveness.see(event, Instant::now());
+                    let action = broker.liveness().see(event, Instant::now());
                     broker.act(action).await;
                 }
             }
             _ = tick.tick() => {
-                for action in liveness.silent(Instant::now()) {
+                let silent = broker.liveness().silent(Instant::now());
+                for action in silent {
                     broker.act(action).await;
                 }
             }
@@ -266,6 +321,19 @@ async fn follow_once(
 }
 
 impl AmqpBroker {
+    /// Who runs what (the lock is never held across an await).
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.inner
+            .liveness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Celery workers as their events show them: beating, then lost in the last 10 minutes.
+    pub fn celery_workers(&self) -> Vec<CeleryWorker> {
+        self.liveness().table(Instant::now())
+    }
+
     async fn act(&self, action: Action) {
         match action {
             Action::Nothing => {}
@@ -448,5 +516,37 @@ mod tests {
         );
         let lost = live.silent(t0 + LOST_AFTER + Duration::from_secs(1));
         assert_eq!(lost, vec![Action::Lost("w2".into(), vec![a])]);
+    }
+
+    #[test]
+    fn the_worker_table_counts_finished_tasks_and_keeps_lost_workers_a_while() {
+        let mut live = Liveness::default();
+        let t0 = Instant::now();
+        let (a, b) = (JobId::new(), JobId::new());
+        live.see(&json!({"type": "worker-online", "hostname": "w1"}), t0);
+        for (kind, id) in [
+            ("task-started", a),
+            ("task-started", b),
+            ("task-succeeded", a),
+        ] {
+            let event = json!({"type": kind, "hostname": "w1", "uuid": id.to_string()});
+            live.see(&event, t0);
+        }
+        let rows = live.table(t0 + Duration::from_secs(1));
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].processed, rows[0].lost), (1, false));
+        assert_eq!(rows[0].active, vec![b]);
+        assert!((rows[0].last_seen_seconds - 1.0).abs() < 0.01);
+
+        let silent_at = t0 + LOST_AFTER + Duration::from_secs(1);
+        live.silent(silent_at);
+        let rows = live.table(silent_at);
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].lost && rows[0].active.is_empty(), "{rows:?}");
+        live.silent(silent_at + KEEP_LOST + Duration::from_secs(1));
+        assert!(
+            live.table(silent_at).is_empty(),
+            "forgotten after KEEP_LOST"
+        );
     }
 }

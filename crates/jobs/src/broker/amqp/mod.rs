@@ -126,6 +126,8 @@ struct Inner {
     /// The last `active_queues` replies and when they came (one broadcast serves every
     /// service's `/info` for [`ACTIVE_FRESH`]).
     active: tokio::sync::Mutex<Option<(tokio::time::Instant, Vec<serde_json::Value>)>>,
+    /// Celery workers' liveness from `celeryev` (the events task writes, the dashboard reads).
+    liveness: Mutex<events::Liveness>,
 }
 
 /// How long `active_queues` replies are reused.
@@ -192,6 +194,7 @@ impl AmqpBroker {
             origin: origin(),
             depths: Mutex::default(),
             active: tokio::sync::Mutex::new(None),
+            liveness: Mutex::default(),
         });
         let broker = AmqpBroker { inner };
         broker.watch_unfinished().await?;
