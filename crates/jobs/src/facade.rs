@@ -57,6 +57,8 @@ struct Inner {
     db: Option<LocalDb>,
     /// Where workflow drivers run.
     background: service::Background,
+    /// Workflows whose driver runs in this process (never two for one workflow).
+    drivers: Mutex<std::collections::HashSet<JobId>>,
 }
 
 /// What tests and tools may change in how [`Jobs`] opens.
@@ -146,6 +148,7 @@ impl Jobs {
             unflushed: Mutex::default(),
             db: Some(db),
             background: background.clone(),
+            drivers: Mutex::default(),
         });
         let jobs = Jobs { inner };
         background.spawn_with_token("jobs-invocations", {
@@ -204,6 +207,17 @@ impl Jobs {
 
     pub(crate) fn background(&self) -> &service::Background {
         &self.inner.background
+    }
+
+    /// Marks the workflow's driver as running; `false` when it already was.
+    pub(crate) fn claim_driver(&self, id: JobId) -> bool {
+        let mut drivers = self.inner.drivers.lock().unwrap_or_else(|p| p.into_inner());
+        drivers.insert(id)
+    }
+
+    pub(crate) fn release_driver(&self, id: JobId) {
+        let mut drivers = self.inner.drivers.lock().unwrap_or_else(|p| p.into_inner());
+        drivers.remove(&id);
     }
 
     pub async fn job(&self, id: &JobId) -> Result<Option<Job>, Error> {

@@ -212,7 +212,12 @@ impl Jobs {
         }
     }
 
+    /// Starts the workflow's driver unless it runs already (a workflow submitted while the
+    /// resume at open lists the records would otherwise get two).
     fn spawn_driver(&self, id: JobId) {
+        if !self.claim_driver(id) {
+            return;
+        }
         let jobs = self.clone();
         self.background()
             .spawn(&format!("workflow-{id}"), async move {
@@ -225,6 +230,7 @@ impl Jobs {
                         }
                     }
                 }
+                jobs.release_driver(id);
             });
     }
 
