@@ -159,11 +159,19 @@ impl Jobs {
             let jobs = jobs.clone();
             async move { jobs.follow_capacity().await }
         });
-        // In the background: records in Redis may not answer yet, and opening need not wait.
-        background.spawn("jobs-workflows-resume", {
-            let jobs = jobs.clone();
-            async move { jobs.resume_workflows_until_done().await }
-        });
+        // Now (a local read; a task left reading jobs.redb would keep it open after a stop),
+        // and again in the background until it works when the records do not answer yet.
+        match jobs.resume_workflows().await {
+            Ok(0) => {}
+            Ok(resumed) => tracing::info!(resumed, "resumed unfinished workflows"),
+            Err(error) => {
+                tracing::warn!(%error, "resuming workflows: retrying in the background");
+                background.spawn("jobs-workflows-resume", {
+                    let jobs = jobs.clone();
+                    async move { jobs.resume_workflows_until_done().await }
+                });
+            }
+        }
         Ok(jobs)
     }
 

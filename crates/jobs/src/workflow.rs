@@ -4,8 +4,8 @@
 //!
 //! A workflow is a job record of the service [`WORKFLOW_SERVICE`] (no queue, no worker: a
 //! driver task in Portico moves it). Everything the driver needs is in the record, so a
-//! restart loses nothing ([`Jobs::resume_workflows`], run in the background at open, restarts
-//! the driver of every workflow not final):
+//! restart loses nothing ([`Jobs::resume_workflows`], run at open and retried in the background
+//! while the records do not answer, restarts the driver of every workflow not final):
 //!
 //! - `message`: `{"steps": [{"service": S, "message": <task message>}, ...], "request": ...}`,
 //!   each step's task message built and checked by the API at submission;
