@@ -43,8 +43,8 @@ pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 pub struct Meta {
     pub content_type: String,
     pub size: u64,
-    /// Seconds since the Unix epoch.
-    pub created: u64,
+    /// Milliseconds since the Unix epoch (a ttl of seconds expires to the millisecond).
+    pub created_ms: u64,
     /// The multipart part's file name, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
@@ -88,10 +88,10 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     )))
 }
 
-fn now_secs() -> u64 {
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn io_error(what: &str, error: std::io::Error) -> ApiError {
@@ -162,7 +162,7 @@ impl TempFiles {
         let meta = Meta {
             content_type: content_type.to_string(),
             size,
-            created: now_secs(),
+            created_ms: now_ms(),
             filename,
         };
         let files = self.clone();
@@ -261,7 +261,7 @@ impl TempFiles {
             Err(error) if error.kind() == ErrorKind::NotFound => return Err(not_found()),
             Err(error) => return Err(io_error("reading", error)),
         };
-        if self.expired(&meta, now_secs()) {
+        if self.expired(&meta, now_ms()) {
             return Err(not_found());
         }
         let file = match self.dir.dir().open(name) {
@@ -278,7 +278,8 @@ impl TempFiles {
     }
 
     fn expired(&self, meta: &Meta, now: u64) -> bool {
-        meta.created.saturating_add(self.ttl.as_secs()) <= now
+        let ttl = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        meta.created_ms.saturating_add(ttl) <= now
     }
 
     /// Removes expired files and leftovers of dead uploads; logs what it could not.
@@ -308,7 +309,7 @@ impl TempFiles {
     /// so the count of bytes used goes down by exactly what it freed).
     fn scan(&self, leftover_age: Duration) -> std::io::Result<Scan> {
         let dir = self.dir.dir();
-        let now = now_secs();
+        let now = now_ms();
         let mut kept = 0u64;
         let mut removed = 0u64;
         let mut freed = 0u64;
@@ -474,7 +475,7 @@ mod tests {
         let meta = Meta {
             content_type: "x/y".into(),
             size: 3,
-            created: now_secs(),
+            created_ms: now_ms(),
             filename: None,
         };
         std::fs::write(

@@ -61,6 +61,8 @@ struct Inner {
     db: Option<LocalDb>,
     /// Where workflow drivers run.
     background: service::Background,
+    /// Workflows whose driver runs in this process (never two for one workflow).
+    drivers: Mutex<std::collections::HashSet<JobId>>,
 }
 
 /// Counts of one service since this process started.
@@ -156,8 +158,9 @@ impl Jobs {
                 unflushed: Mutex::default(),
                 db: Some(db),
                 background: background.clone(),
+                drivers: Mutex::default(),
             };
-            return Ok(Jobs::start(inner, background));
+            return Ok(Jobs::start(inner, background).await);
         }
         let mut setup = Setup::new(
             db.clone(),
@@ -182,12 +185,13 @@ impl Jobs {
             unflushed: Mutex::default(),
             db: Some(db),
             background: background.clone(),
+            drivers: Mutex::default(),
         };
-        Ok(Jobs::start(inner, background))
+        Ok(Jobs::start(inner, background).await)
     }
 
     /// Starts the invocation flusher, the capacity loop and the workflows' resumption.
-    fn start(inner: Inner, background: &service::Background) -> Jobs {
+    async fn start(inner: Inner, background: &service::Background) -> Jobs {
         let jobs = Jobs {
             inner: Arc::new(inner),
         };
@@ -199,11 +203,19 @@ impl Jobs {
             let jobs = jobs.clone();
             async move { jobs.follow_capacity().await }
         });
-        // In the background: records in Redis may not answer yet, and opening need not wait.
-        background.spawn("jobs-workflows-resume", {
-            let jobs = jobs.clone();
-            async move { jobs.resume_workflows_until_done().await }
-        });
+        // Now (a local read; a task left reading jobs.redb would keep it open after a stop),
+        // and again in the background until it works when the records do not answer yet.
+        match jobs.resume_workflows().await {
+            Ok(0) => {}
+            Ok(resumed) => tracing::info!(resumed, "resumed unfinished workflows"),
+            Err(error) => {
+                tracing::warn!(%error, "resuming workflows: retrying in the background");
+                background.spawn("jobs-workflows-resume", {
+                    let jobs = jobs.clone();
+                    async move { jobs.resume_workflows_until_done().await }
+                });
+            }
+        }
         jobs
     }
 
@@ -247,6 +259,17 @@ impl Jobs {
 
     pub(crate) fn background(&self) -> &service::Background {
         &self.inner.background
+    }
+
+    /// Marks the workflow's driver as running; `false` when it already was.
+    pub(crate) fn claim_driver(&self, id: JobId) -> bool {
+        let mut drivers = self.inner.drivers.lock().unwrap_or_else(|p| p.into_inner());
+        drivers.insert(id)
+    }
+
+    pub(crate) fn release_driver(&self, id: JobId) {
+        let mut drivers = self.inner.drivers.lock().unwrap_or_else(|p| p.into_inner());
+        drivers.remove(&id);
     }
 
     pub async fn job(&self, id: &JobId) -> Result<Option<Job>, Error> {

@@ -4,8 +4,8 @@
 //!
 //! A workflow is a job record of the service [`WORKFLOW_SERVICE`] (no queue, no worker: a
 //! driver task in Portico moves it). Everything the driver needs is in the record, so a
-//! restart loses nothing ([`Jobs::resume_workflows`], run in the background at open, restarts
-//! the driver of every workflow not final):
+//! restart loses nothing ([`Jobs::resume_workflows`], run at open and retried in the background
+//! while the records do not answer, restarts the driver of every workflow not final):
 //!
 //! - `message`: `{"steps": [{"service": S, "message": <task message>}, ...], "request": ...}`,
 //!   each step's task message built and checked by the API at submission;
@@ -212,7 +212,12 @@ impl Jobs {
         }
     }
 
+    /// Starts the workflow's driver unless it runs already (a workflow submitted while the
+    /// resume at open lists the records would otherwise get two).
     fn spawn_driver(&self, id: JobId) {
+        if !self.claim_driver(id) {
+            return;
+        }
         let jobs = self.clone();
         self.background()
             .spawn(&format!("workflow-{id}"), async move {
@@ -225,6 +230,7 @@ impl Jobs {
                         }
                     }
                 }
+                jobs.release_driver(id);
             });
     }
 

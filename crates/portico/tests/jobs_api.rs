@@ -1327,3 +1327,72 @@ async fn the_modern_api_streams_and_cancels_workflows() {
     assert_eq!(json(&body)["state"], "REVOKED", "{body}");
     wait_for(&server, "slow", &step_job, "REVOKED").await;
 }
+
+/// A full disk: the data directory is a small tmpfs; uploads go on until one answers 507.
+/// Every upload acknowledged before reads back whole, the refused one is not served (not
+/// even half of it), and no partial file is left behind. Needs root (tmpfs): skipped
+/// without it, unless `CI` is set.
+#[tokio::test]
+async fn a_full_disk_refuses_uploads_with_507_and_serves_no_half_written_file() {
+    let Some(tmpfs) = testkit::Tmpfs::mount_or_skip(24 << 20) else {
+        return;
+    };
+    let config = format!("[jobs]\ntemporary_files_max_bytes = 1073741824\n{CONFIG}");
+    let server = Portico::builder(env!("CARGO_BIN_EXE_portico"))
+        .toml(&config)
+        .data_dir(tmpfs.path())
+        .start()
+        .await
+        .expect("portico starts");
+    let token = portico_token(&server);
+    let mut stored = Vec::new();
+    let refused_url = loop {
+        assert!(stored.len() < 200, "the 24 MiB disk never filled");
+        let (_, _, body) = text(
+            server
+                .client()
+                .get(server.url("/temporary_upload_path"))
+                .header("Authorization", &token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let url = json(&body)["url"].as_str().unwrap().to_string();
+        let fill = u8::try_from(stored.len() % 250).unwrap();
+        let response = server
+            .client()
+            .post(&url)
+            .header("Authorization", &token)
+            .body(vec![fill; 900 * 1024])
+            .send()
+            .await
+            .unwrap();
+        let (status, _, body) = text(response).await;
+        match status {
+            200 => stored.push((url, fill)),
+            507 => {
+                assert_vesta(&body, 507, 101);
+                break url;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    };
+    assert!(!stored.is_empty(), "some uploads fit");
+    let (status, _, _) = fetch(&server, &refused_url).await;
+    assert_eq!(status, 404, "the refused upload is not served");
+    for (url, fill) in &stored {
+        let (status, _, bytes) = fetch(&server, url).await;
+        assert_eq!(status, 200, "{url}");
+        assert!(
+            bytes.len() == 900 * 1024 && bytes.iter().all(|b| b == fill),
+            "{url} reads back whole"
+        );
+    }
+    let partial = std::fs::read_dir(tmpfs.path().join("temporary_files"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with('.'))
+        .count();
+    assert_eq!(partial, 0, "no partial file left");
+}
