@@ -306,9 +306,16 @@ async fn a_service_with_no_local_slots_queues_its_jobs_for_remote_workers() {
         "farm",
         "cat >/dev/null; echo '{\"ran\":\"remote\"}'",
     );
-    let done = wait_until(&server, &id, Duration::from_secs(10), |j| {
-        j["state"] == "SUCCESS"
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let j = job(&server, &id).await;
+        if j["state"] == "SUCCESS" {
+            break j;
+        }
+        if Instant::now() > deadline {
+            panic!("SERVER STDERR:\n{}\n{j}", server.stderr());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(done["result"], serde_json::json!({"ran": "remote"}));
 }
