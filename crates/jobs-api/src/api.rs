@@ -245,15 +245,9 @@ fn service_router(name: &str, label: Label) -> Router<Arc<JobsApi>> {
     let at = |path: &str| format!("/{svc}{path}");
     let mut router = Router::new()
         .route(&at("/annotate"), post(legacy::annotate))
-        .route(
-            &at("/annotate/{storage_doc_id}"),
-            post(legacy::annotate_stored),
-        )
+        .route(&at("/annotate/{storage_doc_id}"), post(legacy::annotate))
         .route(&at("/process"), post(legacy::process))
-        .route(
-            &at("/process/{storage_doc_id}"),
-            post(legacy::process_stored),
-        )
+        .route(&at("/process/{storage_doc_id}"), post(legacy::process))
         .route(&at("/status"), get(legacy::status))
         .route(&at("/cancel"), get(legacy::cancel))
         .route(&at("/"), get(legacy::home));

@@ -60,38 +60,17 @@ async fn count(api: &JobsApi, service: &str) {
     }
 }
 
+/// `POST /<svc>/annotate[/<storage_doc_id>]`.
 pub(crate) async fn annotate(
     State(api): Api,
     origin: Origin,
     uri: Uri,
+    stored: Option<Path<String>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = submit(
-        &api,
-        &origin,
-        &uri,
-        Route::Annotate,
-        None,
-        query,
-        &headers,
-        body,
-    )
-    .await;
-    answer(&headers, result)
-}
-
-pub(crate) async fn annotate_stored(
-    State(api): Api,
-    origin: Origin,
-    uri: Uri,
-    Path(storage_doc_id): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let id = Some(storage_doc_id.as_str());
+    let id = stored.as_ref().map(|Path(id)| id.as_str());
     let result = submit(
         &api,
         &origin,
@@ -106,38 +85,17 @@ pub(crate) async fn annotate_stored(
     answer(&headers, result)
 }
 
+/// `POST /<svc>/process[/<storage_doc_id>]`.
 pub(crate) async fn process(
     State(api): Api,
     origin: Origin,
     uri: Uri,
+    stored: Option<Path<String>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result = submit(
-        &api,
-        &origin,
-        &uri,
-        Route::Process,
-        None,
-        query,
-        &headers,
-        body,
-    )
-    .await;
-    answer(&headers, result)
-}
-
-pub(crate) async fn process_stored(
-    State(api): Api,
-    origin: Origin,
-    uri: Uri,
-    Path(storage_doc_id): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let id = Some(storage_doc_id.as_str());
+    let id = stored.as_ref().map(|Path(id)| id.as_str());
     let result = submit(
         &api,
         &origin,
