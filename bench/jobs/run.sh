@@ -46,10 +46,11 @@ py="$venv/bin/python"
 
 echo "load before the run: $(uptime)"
 echo "concurrency $concurrency, $jobs jobs end to end, $latency_jobs for latency"
-if [ -z "${PORTICO:-}" ]; then
-  (cd "$root" && cargo build --release -p portico >/dev/null)
-fi
-portico=${PORTICO:-$CARGO_TARGET_DIR/release/portico}
+# bench/lib.sh: free_port, build_release and PORTICO (a release build of this checkout unless
+# set).
+. "$here/../lib.sh"
+build_release
+portico=$PORTICO
 
 work=$(mktemp -d /tmp/portico-bench-jobs.XXXXXX)
 pids=()
@@ -60,9 +61,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 results="$work/results.tsv"
 : >"$results"
