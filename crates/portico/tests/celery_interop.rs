@@ -371,12 +371,14 @@ async fn interop_with(venv: &Venv, backend: &str, celery_backend: &str) {
     cancel_running(&server, &token).await;
     // The worker survived the revoke (SIGKILL to its pool child) and runs the next job.
     progress_then_success(&server, &token, "python").await;
-    dashboard_lists_the_celery_worker(&server, "w1").await;
+    dashboard_lists_the_celery_worker(&server, &format!("w1-{queue}@")).await;
     clean_up(&server, &queue).await;
 }
 
-/// The dashboard's worker table has the Celery worker `node` (from its heartbeats and task
-/// events), beating, with the jobs it finished counted.
+/// The dashboard's worker table has the Celery worker whose hostname starts with `node` (from
+/// its heartbeats and task events), beating, with the jobs it finished counted. `node` holds
+/// the test's own queue name: every test shares RabbitMQ's event exchange, so the table also
+/// lists other tests' workers, some of them already gone.
 async fn dashboard_lists_the_celery_worker(server: &Portico, node: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
