@@ -10,7 +10,10 @@
 #      vs the Python client (`apply_async(...).get()`), both with one Celery 5 prefork worker
 #      of CONCURRENCY processes and results in Redis;
 #   4. the same end to end through Portico with `portico worker --broker` (persistent no-op
-#      command, CONCURRENCY slots) in place of the Python worker.
+#      command, CONCURRENCY slots) in place of the Python worker;
+#   and, after 1., RabbitMQ's own ceiling for the same task messages with as many confirms
+#   in flight as wrk has connections, from a minimal Rust client (no HTTP, no records:
+#   crates/jobs/examples/amqp_ceiling.rs), to read Portico's rate against.
 # Needs RabbitMQ on 127.0.0.1:5672 (guest/guest), Redis on 127.0.0.1:6379, wrk (installed
 # with apt when missing and root). Celery comes from PyPI into $VENV (scripts/celery-venv.sh).
 #   flock /tmp/portico-bench.lock bash bench/jobs/amqp.sh
@@ -129,6 +132,12 @@ non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk-submit.txt")
 stop_portico
 purge
 
+# RabbitMQ's own ceiling for the same messages: no HTTP, no records, as many publishes in
+# flight as wrk had connections (crates/jobs/examples/amqp_ceiling.rs).
+cargo build --release -q -p jobs --example amqp_ceiling
+ceiling=$("$CARGO_TARGET_DIR/release/examples/amqp_ceiling" "$amqp" "$connections" 4 "${duration%s}")
+record "rabbitmq_ceiling_confirmed_per_s" "${ceiling#confirmed_per_s }"
+
 "$py" - "$work" "$concurrency" "${duration%s}" <<'PY' | while read -r key value; do record "$key" "$value"; done
 import multiprocessing, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -245,6 +254,7 @@ r = dict(line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if "\t" in 
 f = lambda k: float(r[k]) if k in r else float("nan")
 print("ratios:")
 print("  submissions/s portico/celery client: %.1fx" % (f("portico_amqp_submit_per_s") / f("celery_client_submit_per_s")))
+print("  submissions/s portico/rabbitmq ceiling: %.2f" % (f("portico_amqp_submit_per_s") / f("rabbitmq_ceiling_confirmed_per_s")))
 print("  jobs/s via portico/celery client (same worker): %.2fx" % (f("portico_celery_worker_jobs_per_s") / f("celery_client_jobs_per_s")))
 print("  jobs/s portico worker/python worker (via portico): %.2fx" % (f("portico_portico_worker_jobs_per_s") / f("portico_celery_worker_jobs_per_s")))
 PY

@@ -231,3 +231,46 @@ async fn the_amqp_broker_conforms_with_amqp_states() {
     }
     run_suite(ResultBackend::Amqp).await;
 }
+
+/// The gateway's workers are single-threaded runtimes, each busy with its own connections.
+/// The publishing connection must not belong to whichever of them submitted first: lapin
+/// registers its socket with the runtime it connects from, and every other submission's
+/// confirm would then wait until that worker next polled its I/O (here: never, for 3 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirms_arrive_while_the_runtime_that_submitted_first_is_busy() {
+    if !rabbitmq_up().await {
+        return;
+    }
+    let fixture = fixture(ResultBackend::Rpc).await;
+    let job = || {
+        jobs::Job::new(
+            "svc",
+            serde_json::json!({}),
+            time::OffsetDateTime::now_utc(),
+        )
+    };
+    let (submitted, first_done) = tokio::sync::oneshot::channel();
+    let first = fixture.broker.clone();
+    let first_job = job();
+    let busy = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let result = first.submit(first_job).await.map(drop);
+            let _ = submitted.send(result);
+            // Busy: this runtime polls nothing, its I/O driver included.
+            std::thread::sleep(Duration::from_secs(3));
+        });
+    });
+    first_done.await.unwrap().expect("the first submission");
+    let second = tokio::time::timeout(Duration::from_secs(2), fixture.broker.submit(job())).await;
+    busy.join().unwrap();
+    second
+        .expect("the confirm waited for the busy runtime")
+        .expect("the second submission");
+    fixture.background.stop(Duration::from_secs(2)).await;
+    delete_queue(&fixture.url, &fixture.queue).await;
+    delete_queue(&fixture.url, &fixture.replies).await;
+}

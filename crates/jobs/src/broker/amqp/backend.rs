@@ -17,7 +17,7 @@
 //!   queue vanish when it stops): every state is applied in order, the newest is requeued
 //!   so other readers still find it, as Celery's own `AsyncResult` does.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::BasicProperties;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 
 use super::celery::ResultMeta;
 use super::link::{connect, Backoff, Link};
@@ -40,13 +41,55 @@ use crate::{Error, JobId};
 /// How long Celery's Redis backend keeps a state (`result_expires`, one day).
 pub const REDIS_EXPIRES: Duration = Duration::from_secs(24 * 3600);
 
-/// The jobs whose states Portico still waits for (not final yet).
+/// The jobs whose states Portico still waits for (not final yet), and of those the ones
+/// whose record is still being written: a submission publishes its task while its record
+/// commits (both waits at once), so a fast worker's first state can arrive before the
+/// record exists; [`Sink::apply`] then waits for that write ([`Watched::record_written`]).
 #[derive(Debug, Clone, Default)]
-pub struct Watched(Arc<Mutex<HashSet<JobId>>>);
+pub struct Watched(Arc<Mutex<HashMap<JobId, Option<watch::Receiver<()>>>>>);
+
+/// A record being written; dropping it (the write done or failed) wakes the waiters.
+#[derive(Debug)]
+pub struct Writing {
+    watched: Watched,
+    id: JobId,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        if let Some(entry) = self.watched.lock().get_mut(&self.id) {
+            *entry = None;
+        }
+    }
+}
 
 impl Watched {
     pub fn add(&self, id: JobId) {
-        self.lock().insert(id);
+        self.lock().insert(id, None);
+    }
+
+    /// Watches `id`, whose record is being written until the returned guard drops.
+    pub fn add_writing(&self, id: JobId) -> Writing {
+        let (done, written) = watch::channel(());
+        self.lock().insert(id, Some(written));
+        Writing {
+            watched: self.clone(),
+            id,
+            _done: done,
+        }
+    }
+
+    /// Waits until `id`'s record write (if one is under way) is over; `true` when there was
+    /// one to wait for.
+    pub async fn record_written(&self, id: &JobId) -> bool {
+        let writing = self.lock().get(id).cloned().flatten();
+        let Some(mut written) = writing else {
+            return false;
+        };
+        // Nothing is ever sent: `changed` fails when the guard drops the sender.
+        while written.changed().await.is_ok() {}
+        true
     }
 
     pub fn remove(&self, id: &JobId) {
@@ -54,14 +97,14 @@ impl Watched {
     }
 
     pub fn contains(&self, id: &JobId) -> bool {
-        self.lock().contains(id)
+        self.lock().contains_key(id)
     }
 
     pub fn all(&self) -> Vec<JobId> {
-        self.lock().iter().copied().collect()
+        self.lock().keys().copied().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<JobId>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Option<watch::Receiver<()>>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -77,7 +120,10 @@ pub(crate) struct Sink {
 impl Sink {
     /// Applies one state to the record; publishes the change; stops watching a final job.
     pub async fn apply(&self, meta: &ResultMeta) -> Result<(), Error> {
-        let applied = self.records.apply_one(meta.task_id, meta.change()).await?;
+        let mut applied = self.records.apply_one(meta.task_id, meta.change()).await?;
+        if applied.is_none() && self.watched.record_written(&meta.task_id).await {
+            applied = self.records.apply_one(meta.task_id, meta.change()).await?;
+        }
         let Some(applied) = applied else {
             // Not one of ours (another client's task on a shared backend).
             return Ok(());
@@ -530,5 +576,75 @@ impl StateWriter {
                     .map_err(|e| Error::unavailable(format!("writing a state to Redis: {e}")))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::records::LocalDb;
+    use crate::{Job, State};
+
+    async fn sink() -> (tempfile::TempDir, Sink) {
+        let temp = tempfile::tempdir().unwrap();
+        let dir =
+            cap_std::fs::Dir::open_ambient_dir(temp.path(), cap_std::ambient_authority()).unwrap();
+        let db = tokio::task::spawn_blocking(move || LocalDb::open(dir, None))
+            .await
+            .unwrap()
+            .unwrap();
+        let sink = Sink {
+            records: Records::Embedded(db),
+            hub: Hub::new(),
+            watched: Watched::default(),
+        };
+        (temp, sink)
+    }
+
+    fn started(job: &Job) -> ResultMeta {
+        ResultMeta {
+            task_id: job.id,
+            status: State::Started,
+            result: json!({"pid": 1, "hostname": "w1@host"}),
+            traceback: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_state_that_beats_its_record_is_applied_once_the_record_is_written() {
+        let (_temp, sink) = sink().await;
+        let job = Job::new("noop", json!({}), OffsetDateTime::now_utc());
+        let writing = sink.watched.add_writing(job.id);
+        let applying = tokio::spawn({
+            let sink = sink.clone();
+            let state = started(&job);
+            async move { sink.apply(&state).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !applying.is_finished(),
+            "the state did not wait for its record"
+        );
+        sink.records.insert(&job).await.unwrap();
+        drop(writing);
+        applying.await.unwrap().unwrap();
+        let record = sink.records.get(job.id).await.unwrap().unwrap();
+        assert_eq!(record.state, State::Started);
+    }
+
+    #[tokio::test]
+    async fn a_state_of_a_job_that_is_not_being_written_is_dropped_at_once() {
+        let (_temp, sink) = sink().await;
+        let job = Job::new("noop", json!({}), OffsetDateTime::now_utc());
+        sink.watched.add(job.id);
+        let state = started(&job);
+        let applied = tokio::time::timeout(Duration::from_secs(5), sink.apply(&state));
+        applied.await.expect("waited for no write").unwrap();
+        assert_eq!(sink.records.get(job.id).await.unwrap(), None);
     }
 }

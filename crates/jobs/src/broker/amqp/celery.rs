@@ -39,11 +39,22 @@ fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
+/// The body's third element, Celery's `embed` (keys in serde_json's order, as before).
+const EMBED: &[u8] = br#"{"callbacks":null,"chain":null,"chord":null,"errbacks":null}"#;
+
 /// Builds a protocol 2 message exactly as the spec lists, then validates it.
+///
+/// The body is written straight into its buffer (`[[<message>],{},<embed>]`): it has three
+/// elements and is JSON by construction, so validating the message checks its headers only
+/// ([`validate_headers`]); [`validate`] also parses a body, for messages made elsewhere.
+/// (Encoding the body through a `serde_json::Value`, reparsing it and building `argsrepr`
+/// through nested `String`s cost 15% of the gateway's CPU per submission.)
 pub fn task_message(task: &NewTask<'_>) -> Result<TaskMessage, String> {
     let id = task.id.to_string();
-    let args = Value::Array(vec![task.message.clone()]);
-    let argsrepr = python_repr(&args);
+    let mut argsrepr = String::with_capacity(64);
+    argsrepr.push('[');
+    write_python_repr(&mut argsrepr, task.message);
+    argsrepr.push(']');
     let mut headers = FieldTable::default();
     let mut put = |key: &str, value: AMQPValue| headers.insert(ShortString::from(key), value);
     put("lang", text("py"));
@@ -63,26 +74,30 @@ pub fn task_message(task: &NewTask<'_>) -> Result<TaskMessage, String> {
         "timelimit",
         AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::Void, AMQPValue::Void])),
     );
-    put("argsrepr", text(&argsrepr));
+    put(
+        "argsrepr",
+        AMQPValue::LongString(LongString::from(argsrepr)),
+    );
     put("kwargsrepr", text("{}"));
     put("origin", text(task.origin));
     put("ignore_result", AMQPValue::Boolean(false));
-    let body = json!([
-        args,
-        {},
-        {"callbacks": null, "errbacks": null, "chain": null, "chord": null}
-    ]);
+    let mut body = Vec::with_capacity(96 + EMBED.len());
+    body.extend_from_slice(b"[[");
+    serde_json::to_writer(&mut body, task.message)
+        .map_err(|e| format!("encoding the body: {e}"))?;
+    body.extend_from_slice(b"],{},");
+    body.extend_from_slice(EMBED);
+    body.push(b']');
     let properties = BasicProperties::default()
         .with_content_type(ShortString::from("application/json"))
         .with_content_encoding(ShortString::from("utf-8"))
         .with_delivery_mode(2)
         .with_priority(0)
-        .with_correlation_id(ShortString::from(id.as_str()))
+        .with_correlation_id(ShortString::from(id))
         .with_reply_to(ShortString::from(task.reply_to))
         .with_headers(headers);
-    let body = serde_json::to_vec(&body).map_err(|e| format!("encoding the body: {e}"))?;
     let message = TaskMessage { properties, body };
-    validate(&message)?;
+    validate_headers(message.properties.headers().as_ref())?;
     Ok(message)
 }
 
@@ -90,11 +105,27 @@ pub fn task_message(task: &NewTask<'_>) -> Result<TaskMessage, String> {
 /// uuid, and a JSON body `[args, kwargs, embed]` (a two-element body, or a missing id,
 /// kills a Celery worker and the message loops between workers).
 pub fn validate(message: &TaskMessage) -> Result<(), String> {
-    let parsed = parse_task(message.properties.headers().as_ref(), &message.body)?;
-    if parsed.task.trim().is_empty() {
-        return Err("the task name is empty".into());
+    validate_headers(message.properties.headers().as_ref())?;
+    parse_task(message.properties.headers().as_ref(), &message.body).map(drop)
+}
+
+/// The headers' part of [`validate`]: an `id` that is a uuid and a `task` that is not empty.
+pub fn validate_headers(headers: Option<&FieldTable>) -> Result<(), String> {
+    let headers = headers.ok_or("no headers (a protocol 1 message?)")?;
+    let header = |key: &str| headers.inner().get(key);
+    match header("id") {
+        Some(AMQPValue::LongString(s)) => {
+            let id = s.to_string();
+            id.parse::<JobId>()
+                .map_err(|_| format!("the id header {id:?} is not a uuid"))?;
+        }
+        _ => return Err("no id header".into()),
     }
-    Ok(())
+    match header("task") {
+        Some(AMQPValue::LongString(s)) if !s.to_string().trim().is_empty() => Ok(()),
+        Some(AMQPValue::LongString(_)) => Err("the task name is empty".into()),
+        _ => Err("no task header".into()),
+    }
 }
 
 /// A task message as a consumer reads it.
@@ -162,30 +193,58 @@ fn amqp_int(value: &AMQPValue) -> Option<i64> {
 
 /// Python's `repr` of a JSON value, as Celery writes `argsrepr` (close enough for logs).
 pub fn python_repr(value: &Value) -> String {
+    let mut out = String::new();
+    write_python_repr(&mut out, value);
+    out
+}
+
+/// [`python_repr`] into `out`.
+fn write_python_repr(out: &mut String, value: &Value) {
     match value {
-        Value::Null => "None".into(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+        Value::Null => out.push_str("None"),
+        Value::Bool(true) => out.push_str("True"),
+        Value::Bool(false) => out.push_str("False"),
+        Value::Number(n) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{n}");
+        }
+        Value::String(s) => write_python_str(out, s),
         Value::Array(items) => {
-            let inner: Vec<String> = items.iter().map(python_repr).collect();
-            format!("[{}]", inner.join(", "))
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_python_repr(out, item);
+            }
+            out.push(']');
         }
         Value::Object(map) => {
-            let inner: Vec<String> = map
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{}: {}",
-                        python_repr(&Value::String(k.clone())),
-                        python_repr(v)
-                    )
-                })
-                .collect();
-            format!("{{{}}}", inner.join(", "))
+            out.push('{');
+            for (i, (key, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_python_str(out, key);
+                out.push_str(": ");
+                write_python_repr(out, item);
+            }
+            out.push('}');
         }
     }
+}
+
+/// A string as `python_repr` quotes it: single quotes, `\\` and `\'` escaped.
+fn write_python_str(out: &mut String, s: &str) {
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
 }
 
 /// A state as a result backend holds it: `{"task_id","status","result","traceback",
@@ -362,15 +421,26 @@ mod tests {
             headers["argsrepr"],
             text("[{'service': {'type': 'transcoder'}}]")
         );
-        let body: Value = serde_json::from_slice(&message.body).unwrap();
+        let expected = json!([[{"service": {"type": "transcoder"}}], {},
+               {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]);
+        // Byte for byte what serde_json writes for the body as a value.
         assert_eq!(
-            body,
-            json!([[{"service": {"type": "transcoder"}}], {},
-                   {"callbacks": null, "errbacks": null, "chain": null, "chord": null}])
+            String::from_utf8_lossy(&message.body),
+            serde_json::to_string(&expected).unwrap()
         );
+        assert!(validate(&message).is_ok());
         let parsed = parse_task(p.headers().as_ref(), &message.body).unwrap();
         assert_eq!((parsed.id, parsed.retries), (id, 0));
         assert_eq!(parsed.message["service"]["type"], "transcoder");
+    }
+
+    #[test]
+    fn argsrepr_is_pythons_repr_of_the_arguments() {
+        let value = json!({"a'b": ["x\\y", 1, 2.5, true, false, null, {}], "z": "it's"});
+        assert_eq!(
+            python_repr(&value),
+            r#"{'a\'b': ['x\\y', 1, 2.5, True, False, None, {}], 'z': 'it\'s'}"#
+        );
     }
 
     #[test]

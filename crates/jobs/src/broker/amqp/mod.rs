@@ -186,7 +186,7 @@ impl AmqpBroker {
             result_queues: matches!(setup.result_backend, ResultBackend::Amqp)
                 .then_some(setup.result_expires),
             hub: setup.hub.clone(),
-            link: Link::new(&setup.url, "portico-publish"),
+            link: Link::with_channels(&setup.url, "portico-publish", link::PUBLISH_CHANNELS),
             watched: watched.clone(),
             revoked: Mutex::default(),
             mailbox,
@@ -277,18 +277,23 @@ impl AmqpBroker {
     pub async fn publish(&self, job: &Job, retries: u32) -> Result<(), Error> {
         let service = self.service(&job.service)?;
         let task = format!("{}.{}", self.inner.celery_app, service.celery_task_name);
-        let message = celery::task_message(&NewTask {
-            id: job.id,
-            task: &task,
-            message: &job.message,
-            retries,
-            reply_to: &self.inner.reply_queue,
-            origin: &self.inner.origin,
-        })
-        .map_err(|e| Error::Invalid(format!("a task message Celery would refuse: {e}")))?;
+        let build = || {
+            celery::task_message(&NewTask {
+                id: job.id,
+                task: &task,
+                message: &job.message,
+                retries,
+                reply_to: &self.inner.reply_queue,
+                origin: &self.inner.origin,
+            })
+            .map_err(|e| Error::Invalid(format!("a task message Celery would refuse: {e}")))
+        };
+        // Built (and validated) before anything goes out; built again for a second attempt
+        // rather than copied for every first one.
+        let message = build()?;
         let queue = &service.celery_queue_name;
         let limit = self.inner.broker_timeout;
-        let published = self.publish_confirmed(queue, job.id, &message);
+        let published = self.publish_confirmed(queue, job.id, message, build);
         match tokio::time::timeout(limit, published).await {
             Ok(result) => result,
             Err(_) => Err(Error::BrokerUnreachable(format!(
@@ -301,10 +306,16 @@ impl AmqpBroker {
         &self,
         queue: &str,
         id: JobId,
-        message: &TaskMessage,
+        message: TaskMessage,
+        build: impl Fn() -> Result<TaskMessage, Error>,
     ) -> Result<(), Error> {
         let mut last = String::new();
+        let mut first = Some(message);
         for _ in 0..2 {
+            let message = match first.take() {
+                Some(message) => message,
+                None => build()?,
+            };
             let live = match self.inner.link.live().await {
                 Ok(live) => live,
                 Err(error) => {
@@ -318,13 +329,13 @@ impl AmqpBroker {
                     backend::declare_result_queue(&live.connection, &live.channel, &id, expires)
                         .await?;
                 }
-                live.channel
+                live.publisher()
                     .basic_publish(
                         "",
                         queue,
                         BasicPublishOptions::default(),
                         &message.body,
-                        message.properties.clone(),
+                        message.properties,
                     )
                     .await?
                     .await
@@ -343,6 +354,37 @@ impl AmqpBroker {
             }
         }
         Err(Error::BrokerUnreachable(last))
+    }
+
+    /// A job whose record was written but whose task RabbitMQ never confirmed: final, so
+    /// its status says why (the client was answered with the error).
+    async fn unpublished(&self, job: &Job, error: &Error) {
+        self.inner.watched.remove(&job.id);
+        let change = Change::External {
+            state: State::Failure,
+            progress: None,
+            meta: serde_json::Value::Null,
+            result: serde_json::Value::Null,
+            error: Some(Failure::new(format!("not queued: {error}"))),
+        };
+        if let Err(store) = self.inner.records.apply_one(job.id, change).await {
+            tracing::warn!(%store, job = %job.id, "marking an unpublished job failed");
+        }
+    }
+
+    /// Revokes `id` on every worker (a cancel, or a task RabbitMQ confirmed whose record could
+    /// not be written, so the client was told it failed): broadcast now, and kept for workers'
+    /// next `hello`, so those that miss the broadcast learn it too.
+    async fn revoke_on_workers(&self, id: JobId) {
+        self.inner
+            .revoked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, pidbox::now_seconds());
+        let arguments = json!({"task_id": id.to_string(), "terminate": true, "signal": "SIGKILL"});
+        if let Err(error) = self.inner.mailbox.tell("revoke", arguments).await {
+            tracing::warn!(%error, job = %id, "revoke broadcast failed; workers learn it at their next hello");
+        }
     }
 
     /// Answers workers' `hello` (Celery's mingle) with the ids revoked.
@@ -411,23 +453,27 @@ impl Broker for AmqpBroker {
             return Err(Error::Draining);
         }
         self.service(&job.service)?;
-        self.inner.records.insert(&job).await?;
-        self.inner.watched.add(job.id);
-        if let Err(error) = self.publish(&job, 0).await {
-            self.inner.watched.remove(&job.id);
-            let change = Change::External {
-                state: State::Failure,
-                progress: None,
-                meta: serde_json::Value::Null,
-                result: serde_json::Value::Null,
-                error: Some(Failure::new(format!("not queued: {error}"))),
-            };
-            if let Err(store) = self.inner.records.apply_one(job.id, change).await {
-                tracing::warn!(%store, job = %job.id, "marking an unpublished job failed");
+        // The record's commit and RabbitMQ's confirm are waited for at once: the 200 comes
+        // after both, so the record is durable and the task queued when the client hears
+        // of it (states that beat the record wait for it: `Watched::record_written`).
+        let writing = self.inner.watched.add_writing(job.id);
+        let (stored, published) =
+            tokio::join!(self.inner.records.insert(&job), self.publish(&job, 0));
+        drop(writing);
+        match (stored, published) {
+            (Ok(()), Ok(())) => Ok(job),
+            (Ok(()), Err(error)) => {
+                self.unpublished(&job, &error).await;
+                Err(error)
             }
-            return Err(error);
+            (Err(store), published) => {
+                self.inner.watched.remove(&job.id);
+                if published.is_ok() {
+                    self.revoke_on_workers(job.id).await;
+                }
+                Err(store)
+            }
         }
-        Ok(job)
     }
 
     async fn cancel(&self, id: JobId) -> Result<Option<Job>, Error> {
@@ -442,15 +488,7 @@ impl Broker for AmqpBroker {
         }
         self.inner.hub.publish(&applied.job);
         self.inner.watched.remove(&id);
-        self.inner
-            .revoked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, pidbox::now_seconds());
-        let arguments = json!({"task_id": id.to_string(), "terminate": true, "signal": "SIGKILL"});
-        if let Err(error) = self.inner.mailbox.tell("revoke", arguments).await {
-            tracing::warn!(%error, job = %id, "revoke broadcast failed; workers learn it at their next hello");
-        }
+        self.revoke_on_workers(id).await;
         Ok(Some(applied.job))
     }
 
