@@ -62,13 +62,43 @@ fn unique(what: &str) -> String {
 
 /// RabbitMQ, Redis and a Celery venv, or `None` (skip; a failure with `CI` set).
 fn prerequisites() -> Option<Venv> {
-    for (what, port) in [("rabbitmq", 5672), ("redis", 6379)] {
-        if let Err(error) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            testkit::server_missing(what, error);
+    let servers = [
+        ("rabbitmq", server_address(&testkit::test_amqp_url(), 5672)),
+        ("redis", server_address(&testkit::test_redis_url(), 6379)),
+    ];
+    for (what, address) in servers {
+        if let Err(error) = std::net::TcpStream::connect(address.as_str()) {
+            testkit::server_missing(what, format!("{address}: {error}"));
             return None;
         }
     }
     Venv::with_packages(&["celery>=5.3,<6", "redis>=4"])
+}
+
+/// `host:port` of a server URL (`scheme://[user:pass@]host[:port][/path]`), the tests use
+/// (`PORTICO_TEST_AMQP`, `PORTICO_TEST_REDIS`), with the scheme's default port.
+fn server_address(url: &str, default_port: u16) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    match host_port.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => host_port.to_string(),
+        _ => format!("{host_port}:{default_port}"),
+    }
+}
+
+#[test]
+fn server_addresses_come_from_the_test_urls() {
+    assert_eq!(
+        server_address("amqp://guest:guest@10.0.0.5:5673/%2f", 5672),
+        "10.0.0.5:5673"
+    );
+    assert_eq!(server_address("amqp://rabbit/%2f", 5672), "rabbit:5672");
+    assert_eq!(
+        server_address("redis://127.0.0.1:6379", 6379),
+        "127.0.0.1:6379"
+    );
+    assert_eq!(server_address("redis://cache", 6379), "cache:6379");
 }
 
 /// A process group killed on drop.
@@ -208,16 +238,6 @@ noparams = true
     Portico::start(env!("CARGO_BIN_EXE_portico"), &config)
         .await
         .unwrap()
-}
-
-fn token(server: &Portico) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["token", "--config"])
-        .arg(server.config_path())
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 /// `POST /interop/process` with `misc`; the uuid.
@@ -363,7 +383,7 @@ async fn interop_with(venv: &Venv, backend: &str, celery_backend: &str) {
     let queue = unique("python");
     let dir = tempfile::tempdir().unwrap();
     let server = gateway(&queue, backend).await;
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     let _worker = python_worker(venv, dir.path(), &queue, celery_backend, "w1");
     wait_workers(&server, 1).await;
     progress_then_success(&server, &token, "python").await;
@@ -445,7 +465,7 @@ async fn portico_worker_interop(backend: &str) {
     }
     let queue = unique("portico");
     let server = gateway(&queue, backend).await;
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     let _worker = portico_worker(&queue, backend, PORTICO_SCRIPT);
     wait_workers(&server, 1).await;
     progress_then_success(&server, &token, "portico").await;
@@ -478,7 +498,7 @@ async fn a_python_and_a_portico_worker_share_a_queue() {
     let queue = unique("shared");
     let dir = tempfile::tempdir().unwrap();
     let server = gateway(&queue, "rpc").await;
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     let _python = python_worker(&venv, dir.path(), &queue, "rpc://", "shared");
     let _portico = portico_worker(&queue, "rpc", PORTICO_SCRIPT);
     wait_workers(&server, 2).await;
@@ -503,7 +523,7 @@ async fn a_celery_worker_killed_mid_task_loses_nothing() {
     let queue = unique("killed");
     let dir = tempfile::tempdir().unwrap();
     let server = gateway(&queue, "rpc").await;
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     let mut first = python_worker(&venv, dir.path(), &queue, "rpc://", "first");
     wait_workers(&server, 1).await;
     let uuid = submit(&server, &token, json!({"steps": 6, "delay": 0.5})).await;
@@ -571,7 +591,7 @@ async fn rabbitmq_restarted_under_submissions_loses_nothing_acknowledged() {
     let _alone = RABBITMQ.write().await;
     let queue = unique("restart");
     let server = gateway(&queue, "rpc").await;
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     let _worker = portico_worker(&queue, "rpc", "cat >/dev/null; echo '{\"ok\":1}'");
     wait_workers(&server, 1).await;
     let stopper = tokio::task::spawn_blocking(|| {
@@ -625,7 +645,7 @@ async fn states_resume_after_the_redis_result_backend_restarts() {
     let backend = format!("redis://127.0.0.1:{port}/0");
     let queue = unique("redis-restart");
     let server = gateway(&queue, &backend).await;
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     let slow = "cat >/dev/null; for p in 10 20 30 40 50 60 70 80 90; do echo \"progress $p\" >&2; sleep 0.5; done; echo '{\"done\":true,\"by\":\"portico\"}'";
     let _worker = portico_worker(&queue, &backend, slow);
     wait_workers(&server, 1).await;
@@ -657,7 +677,7 @@ async fn a_lost_early_ack_task_is_published_again_after_the_heartbeats_stop() {
     let queue = unique("early");
     let dir = tempfile::tempdir().unwrap();
     let server = gateway(&queue, "rpc").await;
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     let mut first = python_worker_acking(&venv, dir.path(), &queue, "rpc://", "early1", false);
     wait_workers(&server, 1).await;
     let uuid = submit(&server, &token, json!({"steps": 8, "delay": 0.5})).await;

@@ -2,7 +2,6 @@
 //! (and only there), the Flower-shaped JSON API over real jobs, cancel with and without a
 //! token, and the event stream (ids, replay after `Last-Event-ID`).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -95,16 +94,6 @@ async fn wait_state(server: &Portico, id: &str, state: &str) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn token(server: &Portico) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["token", "--config"])
-        .arg(server.config_path())
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 #[tokio::test]
@@ -233,7 +222,7 @@ async fn jobs_are_listed_keyed_by_id_filtered_limited_and_detailed() {
 #[tokio::test]
 async fn cancel_needs_the_job_api_token_when_bypass_is_off() {
     let server = start(false).await;
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     let overview = get_json(&server, "/dashboard/api/overview").await;
     assert_eq!(overview["cancel_needs_token"], true);
     let id = submit(&server, "slow", Some(&token)).await;

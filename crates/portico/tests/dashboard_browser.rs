@@ -447,22 +447,12 @@ async fn a_job_appears_its_progress_bar_advances_and_it_ends_success_without_rel
     tab.assert_no_errors();
 }
 
-fn token(server: &Portico) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["token", "--config"])
-        .arg(server.config_path())
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
-
 #[tokio::test]
 async fn cancel_from_the_page_with_a_token_revokes_a_running_job() {
     let Some(binary) = chromium() else { return };
     let _one = ONE_BROWSER.lock().await;
     let server = start_jobs(false, "").await;
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     let browser = Browser::launch(&binary);
     let mut tab = browser.tab();
     open(&mut tab, &server, "jobs");

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use testkit::Portico;
 
-const KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHM=";
-
 /// One local slot, kept busy by a blocker job, so queued jobs wait for remote workers.
 const CONFIG: &str = r#"
 [jobs]
@@ -83,22 +81,6 @@ impl Drop for Worker {
     }
 }
 
-fn token(server: &Portico) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(["token", "--config"])
-        .arg(server.config_path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
-    assert!(!token.is_empty() && !KEY.is_empty());
-    token
-}
-
 async fn submit(server: &Portico, token: &str, service: &str) -> String {
     let response = server
         .client()
@@ -162,7 +144,7 @@ async fn a_remote_worker_killed_mid_job_loses_nothing() {
     let server = Portico::start(env!("CARGO_BIN_EXE_portico"), CONFIG)
         .await
         .unwrap();
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     occupy_local_slot(&server, &token, "remote").await;
 
     let mut first = Worker::start(
@@ -199,7 +181,7 @@ async fn a_job_that_used_its_attempts_fails_with_the_reason() {
     let server = Portico::start(env!("CARGO_BIN_EXE_portico"), CONFIG)
         .await
         .unwrap();
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     occupy_local_slot(&server, &token, "once").await;
     let mut worker = Worker::start(
         &server,
@@ -280,7 +262,7 @@ async fn a_service_with_no_local_slots_queues_its_jobs_for_remote_workers() {
     let server = Portico::start(env!("CARGO_BIN_EXE_portico"), REMOTE_ONLY)
         .await
         .unwrap();
-    let token = token(&server);
+    let token = server.job_token().unwrap();
     let id = submit(&server, &token, "farm").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let waiting = job(&server, &id).await;

@@ -246,6 +246,23 @@ impl Portico {
         &self.config_path
     }
 
+    /// A job API token signed with this server's key: what `portico token --config <its
+    /// config>` prints.
+    pub fn job_token(&self) -> anyhow::Result<String> {
+        let output = Command::new(&self.builder.bin)
+            .args(["token", "--config"])
+            .arg(&self.config_path)
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "portico token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let token = String::from_utf8(output.stdout)?.trim().to_string();
+        anyhow::ensure!(!token.is_empty(), "portico token printed nothing");
+        Ok(token)
+    }
+
     pub fn pid(&self) -> u32 {
         self.process().child.id()
     }
