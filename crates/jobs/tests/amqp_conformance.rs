@@ -83,12 +83,7 @@ fn services(queue: &str) -> Vec<jobs::config::ServiceConfig> {
 
 async fn fixture(backend: ResultBackend) -> Amqp {
     let temp = tempfile::tempdir().unwrap();
-    let dir =
-        cap_std::fs::Dir::open_ambient_dir(temp.path(), cap_std::ambient_authority()).unwrap();
-    let db = tokio::task::spawn_blocking(move || LocalDb::open(dir, None))
-        .await
-        .unwrap()
-        .unwrap();
+    let db = LocalDb::open_at(temp.path()).await.unwrap();
     let url = testkit::test_amqp_url();
     let queue = unique("tasks");
     let replies = unique("replies");
@@ -183,12 +178,7 @@ async fn the_amqp_broker_conforms_with_redis_states() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submission_while_rabbitmq_is_unreachable_fails_within_broker_timeout() {
     let temp = tempfile::tempdir().unwrap();
-    let dir =
-        cap_std::fs::Dir::open_ambient_dir(temp.path(), cap_std::ambient_authority()).unwrap();
-    let db = tokio::task::spawn_blocking(move || LocalDb::open(dir, None))
-        .await
-        .unwrap()
-        .unwrap();
+    let db = LocalDb::open_at(temp.path()).await.unwrap();
     // A port nothing listens on.
     let port = testkit::free_port().unwrap();
     let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");

@@ -58,12 +58,7 @@ fn services() -> Vec<jobs::config::ServiceConfig> {
 
 async fn fixture(redis_prefix: Option<&str>) -> Embedded {
     let temp = tempfile::tempdir().unwrap();
-    let dir =
-        cap_std::fs::Dir::open_ambient_dir(temp.path(), cap_std::ambient_authority()).unwrap();
-    let db = tokio::task::spawn_blocking(move || LocalDb::open(dir, None))
-        .await
-        .unwrap()
-        .unwrap();
+    let db = LocalDb::open_at(temp.path()).await.unwrap();
     let records = match redis_prefix {
         None => Records::Embedded(db.clone()),
         Some(prefix) => Records::Redis(

@@ -7,11 +7,7 @@ use jobs::conformance::records::SUITE;
 use jobs::records::{LocalDb, Records, RedisRecords};
 
 async fn embedded(dir: &std::path::Path) -> Records {
-    let dir = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority()).unwrap();
-    let db = tokio::task::spawn_blocking(move || LocalDb::open(dir, None))
-        .await
-        .unwrap()
-        .unwrap();
+    let db = LocalDb::open_at(dir).await.unwrap();
     Records::Embedded(db)
 }
 

@@ -209,6 +209,16 @@ impl LocalDb {
         Ok(LocalDb { db })
     }
 
+    /// Opens (creating) `jobs.redb` in the directory at `path`, on a blocking thread (tools
+    /// and tests; the service opens its data directory's handle with [`LocalDb::open`]).
+    pub async fn open_at(path: &std::path::Path) -> Result<LocalDb, Error> {
+        let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())
+            .map_err(|e| Error::Failed(format!("opening {}: {e}", path.display())))?;
+        tokio::task::spawn_blocking(move || LocalDb::open(dir, None))
+            .await
+            .map_err(|e| Error::Failed(format!("opening jobs.redb: {e}")))?
+    }
+
     pub fn health(&self) -> Health {
         self.db.health()
     }

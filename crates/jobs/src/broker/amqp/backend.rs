@@ -592,12 +592,7 @@ mod tests {
 
     async fn sink() -> (tempfile::TempDir, Sink) {
         let temp = tempfile::tempdir().unwrap();
-        let dir =
-            cap_std::fs::Dir::open_ambient_dir(temp.path(), cap_std::ambient_authority()).unwrap();
-        let db = tokio::task::spawn_blocking(move || LocalDb::open(dir, None))
-            .await
-            .unwrap()
-            .unwrap();
+        let db = LocalDb::open_at(temp.path()).await.unwrap();
         let sink = Sink {
             records: Records::Embedded(db),
             hub: Hub::new(),
