@@ -264,3 +264,121 @@ async fn confirms_arrive_while_the_runtime_that_submitted_first_is_busy() {
     delete_queue(&fixture.url, &fixture.queue).await;
     delete_queue(&fixture.url, &fixture.replies).await;
 }
+
+/// A submission whose task RabbitMQ confirmed but whose record could not be written (a full
+/// disk) is refused, and its task is revoked on every worker, so none runs a job its client
+/// was told failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_record_could_not_be_written_is_revoked_on_every_worker() {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+
+    if !rabbitmq_up().await {
+        return;
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let faults = durable::Faults::new();
+    let dir =
+        cap_std::fs::Dir::open_ambient_dir(temp.path(), cap_std::ambient_authority()).unwrap();
+    let db = {
+        let faults = faults.clone();
+        tokio::task::spawn_blocking(move || LocalDb::open(dir, Some(faults)))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let url = testkit::test_amqp_url();
+    let (queue, replies) = (unique("unrecorded"), unique("replies"));
+    let background = service::Background::new("unrecorded");
+    let setup = AmqpSetup::new(
+        &url,
+        Records::Embedded(db),
+        services(&queue),
+        "worker",
+        ResultBackend::Rpc,
+        Duration::from_secs(5),
+        &replies,
+    );
+    let broker = AmqpBroker::open(setup, &background).await.unwrap();
+
+    // A worker's view of the control channel: a queue bound to the pidbox fanout.
+    let connection = jobs::broker::amqp::link::connect(&url, "pidbox-listener")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let listener = channel
+        .queue_declare("", options, FieldTable::default())
+        .await
+        .unwrap();
+    let listener = listener.name().as_str().to_string();
+    channel
+        .queue_bind(
+            &listener,
+            jobs::broker::amqp::pidbox::EXCHANGE,
+            "",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut broadcasts = channel
+        .basic_consume(
+            &listener,
+            "test",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    faults.fail_all_writes(durable::Fault::NoSpace);
+    let refused = loop {
+        // The first refused write breaks the store; a submission batched before it may pass.
+        let job = jobs::Job::new(
+            "svc",
+            serde_json::json!({}),
+            time::OffsetDateTime::now_utc(),
+        );
+        match broker.submit(job.clone()).await {
+            Ok(_) => continue,
+            Err(error) => {
+                assert!(
+                    matches!(
+                        error,
+                        jobs::Error::Unavailable {
+                            disk_full: true,
+                            ..
+                        }
+                    ),
+                    "{error:?}"
+                );
+                break job.id;
+            }
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let delivery = tokio::time::timeout_at(deadline, broadcasts.next())
+            .await
+            .expect("no revoke broadcast for the unrecorded task")
+            .unwrap()
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+        if body["method"] == "revoke" && body["arguments"]["task_id"] == refused.to_string() {
+            break;
+        }
+    }
+    let _ = connection.close(200, "done").await;
+    background.stop(Duration::from_secs(2)).await;
+    delete_queue(&url, &queue).await;
+    delete_queue(&url, &replies).await;
+}
