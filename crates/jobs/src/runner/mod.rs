@@ -278,11 +278,8 @@ async fn slot_loop<S: JobSource>(index: usize, ctx: Arc<SlotContext<S>>, runner:
         if runner.slot_should_end(index) {
             return;
         }
-        let resized = runner.resized.notified();
-        let next = tokio::select! {
-            next = ctx.source.next(&worker) => next,
-            () = resized => continue,
-            () = runner.stopping.cancelled() => continue,
+        let Some(next) = take_unless_removed(index, &ctx, &runner, &worker).await else {
+            return;
         };
         let task = match next {
             Ok(Some(task)) => task,
@@ -303,6 +300,33 @@ async fn slot_loop<S: JobSource>(index: usize, ctx: Arc<SlotContext<S>>, runner:
         runner.busy.fetch_add(1, Ordering::SeqCst);
         run_task(&ctx, &mut persistent, &task).await;
         runner.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits for the source's next job; `None` once this slot is removed (the runner shrank or
+/// is stopping) before one came.
+///
+/// The take is abandoned only then: a take of a remote or Celery source dropped mid-way may
+/// have claimed a job already (a long poll the gateway answered), which would then wait for
+/// its lease to run out. Other slots being added or removed leave it running.
+async fn take_unless_removed<S: JobSource>(
+    index: usize,
+    ctx: &SlotContext<S>,
+    runner: &RunnerInner,
+    worker: &str,
+) -> Option<Result<Option<Task>, crate::Error>> {
+    let next = ctx.source.next(worker);
+    tokio::pin!(next);
+    loop {
+        let resized = runner.resized.notified();
+        tokio::select! {
+            next = &mut next => return Some(next),
+            () = resized => {}
+            () = runner.stopping.cancelled() => {}
+        }
+        if runner.slot_should_end(index) {
+            return None;
+        }
     }
 }
 
@@ -329,5 +353,146 @@ async fn run_task<S: JobSource>(
     };
     if let Err(error) = reported {
         tracing::warn!(job = %task.job.id, service = %ctx.service.name, %error, "reporting the end of a job failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Canarie, Workers};
+    use crate::Error;
+
+    /// A source whose `next` never hands out a job; it counts the calls that started and
+    /// the ones dropped before they returned (a real source may have claimed a job by then:
+    /// a remote worker's long poll that the gateway answered, a Celery delivery).
+    #[derive(Default)]
+    struct CountingSource {
+        started: AtomicUsize,
+        dropped: Arc<AtomicUsize>,
+    }
+
+    struct CountsDrop(Arc<AtomicUsize>);
+
+    impl Drop for CountsDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl JobSource for Arc<CountingSource> {
+        async fn next(&self, _worker: &str) -> Result<Option<Task>, Error> {
+            let _counts = CountsDrop(self.dropped.clone());
+            self.started.fetch_add(1, Ordering::SeqCst);
+            std::future::pending().await
+        }
+
+        async fn progress(&self, _: &Task, _: u8, _: Value) -> Result<(), Error> {
+            Ok(())
+        }
+
+        async fn finish(&self, _: &Task, _: Outcome, _: String) -> Result<(), Error> {
+            Ok(())
+        }
+
+        async fn release(&self, _: &Task) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    fn service() -> ServiceConfig {
+        ServiceConfig {
+            name: "svc".into(),
+            celery_task_name: "svc".into(),
+            celery_queue_name: "svc".into(),
+            version: String::new(),
+            noparams: false,
+            command: vec!["true".into()],
+            mode: Mode::PerJob,
+            workers: Workers::Range { min: 1, max: 3 },
+            timeout: None,
+            max_attempts: 1,
+            canarie: Canarie::default(),
+        }
+    }
+
+    fn settings() -> RunnerSettings {
+        RunnerSettings {
+            kill_grace: Duration::from_secs(1),
+            max_output: 1024,
+            host: "test".into(),
+            children: None,
+        }
+    }
+
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !condition() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited 5 s for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn adding_slots_never_abandons_a_waiting_take() {
+        let source = Arc::new(CountingSource::default());
+        let background = service::Background::new("test");
+        let runner = Runner::start(
+            service(),
+            settings(),
+            source.clone(),
+            &background,
+            1,
+            Box::new(|_| {}),
+        );
+        until("slot 0 to ask for a job", || {
+            source.started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        runner.resize(3);
+        until("slots 1 and 2 to ask", || {
+            source.started.load(Ordering::SeqCst) >= 3
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            source.dropped.load(Ordering::SeqCst),
+            0,
+            "a take was dropped mid-way ({} started)",
+            source.started.load(Ordering::SeqCst)
+        );
+        assert_eq!(source.started.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_removed_slot_stops_waiting_for_a_job() {
+        let source = Arc::new(CountingSource::default());
+        let background = service::Background::new("test");
+        let runner = Runner::start(
+            service(),
+            settings(),
+            source.clone(),
+            &background,
+            3,
+            Box::new(|_| {}),
+        );
+        until("three slots to ask", || {
+            source.started.load(Ordering::SeqCst) == 3
+        })
+        .await;
+        runner.resize(1);
+        until("two slots to end", || {
+            source.dropped.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            source.started.load(Ordering::SeqCst),
+            3,
+            "no slot asked again"
+        );
+        assert_eq!(runner.busy(), 0);
     }
 }
