@@ -18,7 +18,9 @@
 # with apt when missing and root). Celery comes from PyPI into $VENV (scripts/celery-venv.sh).
 #   flock /tmp/portico-bench.lock bash bench/jobs/amqp.sh
 # Env: CONCURRENCY (default: cores), DURATION (10s), JOBS (5000), LATENCY_JOBS (100),
-#      CONNECTIONS (64), VENV (target/celery-venv).
+#      CONNECTIONS (64), VENV (target/celery-venv), RECORDS_DIR (where Portico's data
+#      directory goes; default: the run's work directory under /tmp, on the same disk as
+#      RabbitMQ's data here; /dev/shm stands in for a disk of its own).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -59,7 +61,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   (cd "$work" && "$py" bench_tasks.py x purge delete >/dev/null 2>&1) || true
-  rm -rf "$work"
+  rm -rf "$work" "${records_dir:-$work}/portico-data-$$"
 }
 trap cleanup EXIT
 
@@ -84,11 +86,12 @@ if __name__ == "__main__" and len(sys.argv) > 2:
 PY
 purge() { (cd "$work" && "$py" bench_tasks.py x purge >/dev/null 2>&1 || true); }
 
+records_dir=${RECORDS_DIR:-$work}
 start_portico() {
   port=$(free_port)
-  rm -rf "$work/data"
+  rm -rf "$records_dir/portico-data-$$"
   cat >"$work/portico.toml" <<TOML
-data_dir = "$work/data"
+data_dir = "$records_dir/portico-data-$$"
 allow_root = true
 [log]
 level = "warn"
