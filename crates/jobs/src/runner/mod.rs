@@ -435,8 +435,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn adding_slots_never_abandons_a_waiting_take() {
+    /// A runner of `slots` slots over a fresh [`CountingSource`] (keep the background).
+    fn counting_runner(slots: usize) -> (Arc<CountingSource>, Runner, service::Background) {
         let source = Arc::new(CountingSource::default());
         let background = service::Background::new("test");
         let runner = Runner::start(
@@ -444,9 +444,15 @@ mod tests {
             settings(),
             source.clone(),
             &background,
-            1,
+            slots,
             Box::new(|_| {}),
         );
+        (source, runner, background)
+    }
+
+    #[tokio::test]
+    async fn adding_slots_never_abandons_a_waiting_take() {
+        let (source, runner, _background) = counting_runner(1);
         until("slot 0 to ask for a job", || {
             source.started.load(Ordering::SeqCst) == 1
         })
@@ -468,16 +474,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_removed_slot_stops_waiting_for_a_job() {
-        let source = Arc::new(CountingSource::default());
-        let background = service::Background::new("test");
-        let runner = Runner::start(
-            service(),
-            settings(),
-            source.clone(),
-            &background,
-            3,
-            Box::new(|_| {}),
-        );
+        let (source, runner, _background) = counting_runner(3);
         until("three slots to ask", || {
             source.started.load(Ordering::SeqCst) == 3
         })
