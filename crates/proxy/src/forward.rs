@@ -7,6 +7,8 @@
 //!    waiting request (`crate::scale`). A pick whose best estimate is over `soft_latency`
 //!    starts an allocation too, and is served by what there is meanwhile.
 //! 3. A pooled keep-alive connection of this worker is taken (`crate::pool`), or one is made.
+//!    Body-less `GET` and `HEAD` (most traffic) go through the proxy's own HTTP/1.1 client
+//!    (`crate::h1`), in this request's task; everything else through hyper's.
 //! 4. The request is sent; its latency is measured from then to the response head, reported
 //!    to the instance's balancer state, and the response streams back unchanged (hop-by-hop
 //!    headers aside); the connection goes back to the pool when its body has ended.
@@ -14,10 +16,12 @@
 //! **Retries.** A failure to connect sent nothing: the request goes to another instance,
 //! whatever its method, until every instance was tried. A pooled connection found closed
 //! before the request went out sent nothing either: the same instance is tried again on a
-//! new connection. A failure after sending (reset, closed, broken answer) is retried once
-//! on another instance for idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE), never for
-//! POST or PATCH, and only while the body sent is whole in the 64 KiB retry buffer
-//! (`crate::body`). An instance that sends no head within `upstream_timeout` is answered
+//! new connection. (The proxy's own client finds a closed pooled connection only as the
+//! request goes out: the write fails, or the answer ends before its first byte. `GET` and
+//! `HEAD` are safe to send again then.) A failure after sending (reset, closed, broken
+//! answer) is retried once on another instance for idempotent methods (GET, HEAD, OPTIONS,
+//! PUT, DELETE), never for POST or PATCH, and only while the body sent is whole in the 64 KiB
+//! retry buffer (`crate::body`). An instance that sends no head within `upstream_timeout` is answered
 //! for with 504 at once: trying another would take the client past the gateway's own
 //! `request_timeout`. A response is never retried, whatever its status.
 //!
@@ -49,6 +53,7 @@ use tokio::time::Instant;
 use crate::allocate::{self, AllocJob};
 use crate::body::{OutBody, Tape, RETRY_BUFFER};
 use crate::error::ProxyError;
+use crate::h1;
 use crate::headers;
 use crate::instances::{now, Limits, Picked, ServiceState, Upstream};
 use crate::metrics;
@@ -74,8 +79,21 @@ pub(crate) async fn proxy(shared: Arc<Shared>, request: Request<Body>) -> Respon
     let client_upgrade = asks_upgrade
         .then(|| head.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
-    rewrite_head(&mut head, path, client_upgrade.is_some());
-    let mut exchange = Exchange::new(&shared, &service, spec, head, body, started);
+    let mut exchange = if h1::serves(&head.method, body.is_end_stream(), asks_upgrade) {
+        // The proxy's own client (`crate::h1`): the head is encoded as the instance gets it.
+        let encoded = h1::encode_request(
+            &head.method,
+            path.as_str(),
+            &head.headers,
+            &client_of(&head),
+        );
+        let mut exchange = Exchange::new(&shared, &service, spec, head, Body::empty(), started);
+        exchange.encoded = Some(encoded);
+        exchange
+    } else {
+        rewrite_head(&mut head, path, client_upgrade.is_some());
+        Exchange::new(&shared, &service, spec, head, body, started)
+    };
     exchange.client_upgrade = client_upgrade;
     let mut response = match exchange.run().await {
         Ok(response) => response,
@@ -110,7 +128,22 @@ fn answer_error(service: &ServiceState, error: &ProxyError) -> Response {
 /// The request head as the instance gets it: origin-form target, HTTP/1.1, headers
 /// rewritten, the gateway's extensions read and dropped.
 fn rewrite_head(head: &mut http::request::Parts, path: http::uri::PathAndQuery, upgrade: bool) {
+    let client = client_of(head);
+    // The borrow of `head` ends with the rewrite: what the client is goes in owned.
+    let (id, authority) = (client.request_id.cloned(), client.authority.cloned());
     let client = headers::Client {
+        request_id: id.as_ref(),
+        authority: authority.as_ref(),
+        ..client
+    };
+    headers::request_headers(&mut head.headers, &client, upgrade);
+    head.uri = Uri::from(path);
+    head.version = Version::HTTP_11;
+}
+
+/// What the gateway knows of the client, for the forwarding headers.
+fn client_of(head: &http::request::Parts) -> headers::Client<'_> {
+    headers::Client {
         ip: head
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -118,10 +151,7 @@ fn rewrite_head(head: &mut http::request::Parts, path: http::uri::PathAndQuery, 
         tls: head.extensions.get::<ClientTls>().is_some_and(|tls| tls.0),
         request_id: head.extensions.get::<RequestId>().map(|id| &id.0),
         authority: head.uri.authority(),
-    };
-    headers::request_headers(&mut head.headers, &client, upgrade);
-    head.uri = Uri::from(path);
-    head.version = Version::HTTP_11;
+    }
 }
 
 /// What is sent as the request body on each attempt (see `crate::body`).
@@ -186,6 +216,8 @@ pub(crate) struct Exchange<'a> {
     spec: Arc<ServiceSpec>,
     /// The request head for the instance; taken by an attempt that cannot be retried.
     head: Option<http::request::Parts>,
+    /// The request as the proxy's own client sends it (`crate::h1`), when it is the one.
+    encoded: Option<Bytes>,
     plan: Plan,
     idempotent: bool,
     /// The client's side of a WebSocket handshake: the connection hyper hands over once the
@@ -216,6 +248,7 @@ impl<'a> Exchange<'a> {
             service,
             spec,
             head: Some(head),
+            encoded: None,
             plan,
             idempotent,
             client_upgrade: None,
@@ -232,7 +265,9 @@ impl<'a> Exchange<'a> {
             let Some(picked) = self.pick(last_error.is_none()).await? else {
                 return Err(last_error.expect("only a retry finds every instance tried"));
             };
-            let result = if self.client_upgrade.is_some() {
+            let result = if let Some(encoded) = self.encoded.clone() {
+                self.attempt_h1(picked, &encoded).await
+            } else if self.client_upgrade.is_some() {
                 crate::upgrade::attempt(&mut self, picked).await
             } else {
                 self.attempt(picked).await
@@ -405,6 +440,53 @@ impl<'a> Exchange<'a> {
         }
     }
 
+    /// One attempt on `picked`'s instance through the proxy's own client (`crate::h1`).
+    async fn attempt_h1(&mut self, mut picked: Picked, request: &[u8]) -> Result<Response, Failed> {
+        let addr = picked.upstream.addr();
+        let settings = &self.shared.settings;
+        let to_head = self.head.as_ref().is_some_and(|h| h.method == Method::HEAD);
+        let (mut conn, mut reused) = match pool::take_conn(addr, settings.pool_idle_timeout) {
+            Some(conn) => (conn, true),
+            None => match Box::pin(h1::Conn::connect(addr, settings.connect_timeout)).await {
+                Ok(conn) => (conn, false),
+                Err(error) => return Err(self.connect_failed(picked, error.to_string())),
+            },
+        };
+        loop {
+            let sent_at = Instant::now();
+            let exchange = conn.exchange(request, to_head, reused);
+            let failure = match tokio::time::timeout(settings.upstream_timeout, exchange).await {
+                Ok(Ok(head)) => {
+                    let answered = Instant::now();
+                    picked.succeeded(answered - sent_at, answered.into_std());
+                    self.shared
+                        .report_usage(&picked.upstream, answered.into_std());
+                    return Ok(respond_h1(conn, head, addr, &picked.upstream, settings));
+                }
+                Ok(Err(failure)) => failure,
+                Err(_) => {
+                    picked.failed();
+                    return Err(Failed::Final(self.timed_out(addr)));
+                }
+            };
+            match failure {
+                h1::Failure::Stale => {
+                    ::metrics::counter!(metrics::RETRIES, "service" => self.service.name.to_string(), "reason" => "stale_connection").increment(1);
+                    match Box::pin(h1::Conn::connect(addr, settings.connect_timeout)).await {
+                        Ok(fresh) => (conn, reused) = (fresh, false),
+                        Err(error) => return Err(self.connect_failed(picked, error.to_string())),
+                    }
+                }
+                h1::Failure::Send(error) => {
+                    return Err(
+                        self.connect_failed(picked, format!("connecting to {addr}: {error}"))
+                    )
+                }
+                h1::Failure::Broken(error) => return Err(self.broke_after_sending(picked, error)),
+            }
+        }
+    }
+
     /// The request for the next attempt: the head (a copy while a retry after sending is
     /// still possible) and the body; `None` when the body cannot be sent again.
     fn request(&mut self) -> Option<Request<OutBody>> {
@@ -464,13 +546,20 @@ impl<'a> Exchange<'a> {
             let error = describe(&error);
             return Failed::Final(ProxyError::ClientBody { service, error });
         }
+        self.broke_after_sending(picked, describe(&error))
+    }
+
+    /// The instance broke the exchange after the request went out: counts against it; a
+    /// retry elsewhere when the rules allow one.
+    fn broke_after_sending(&mut self, mut picked: Picked, error: String) -> Failed {
+        let service = self.spec.name.clone();
         picked.failed();
         let addr = picked.upstream.addr();
         self.tried.push(picked.upstream.clone());
         let failure = ProxyError::Upstream {
             service,
             addr,
-            error: describe(&error),
+            error,
         };
         if !self.may_retry_after_sending() {
             return Failed::Final(failure);
@@ -585,6 +674,34 @@ pub(crate) fn respond(
         })
     };
     Response::from_parts(parts, body)
+}
+
+/// The answer read by the proxy's own client, as the client gets it; its body reads the
+/// connection, which goes back to the pool at the body's end.
+fn respond_h1(
+    conn: h1::Conn,
+    head: h1::Head,
+    addr: SocketAddr,
+    upstream: &Arc<Upstream>,
+    settings: &crate::Settings,
+) -> Response {
+    let lease = h1::Lease {
+        addr,
+        max_idle: settings.max_idle_per_instance,
+        idle_timeout: settings.pool_idle_timeout,
+    };
+    let mut body = h1::ResponseBody::new(conn, &head, lease, upstream.clone());
+    let body = match http_body::Body::is_end_stream(&body) {
+        true => {
+            body.finish();
+            Body::empty()
+        }
+        false => Body::new(body),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    response
 }
 
 /// An instance's response body on its way to the client: gives the connection back to the

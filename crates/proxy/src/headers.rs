@@ -19,15 +19,15 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Whether `name` is a hop-by-hop header other than `Connection` and the ones it names.
-fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
     // Standard names compare as small enums: cheaper than hashing each into a lookup.
     name == header::TE
         || name == header::TRAILER
@@ -37,6 +37,32 @@ fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::PROXY_AUTHORIZATION
         || name == KEEP_ALIVE
         || name == PROXY_CONNECTION
+}
+
+/// The headers a request's `Connection` header names (lowercase; usually none).
+pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    let mut named = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in tokens(value) {
+            if token != "keep-alive" {
+                named.push(token);
+            }
+        }
+    }
+    named
+}
+
+/// Whether a request header is hop-by-hop: `Connection`, a fixed one, or one `Connection`
+/// names (`named`, from [`connection_named`]; `keep-alive` is left out of it, being fixed).
+pub(crate) fn is_hop_by_hop(name: &HeaderName, named: &[String]) -> bool {
+    name == header::CONNECTION
+        || is_fixed_hop_by_hop(name)
+        || (!named.is_empty() && named.iter().any(|n| n == name.as_str()))
+}
+
+/// Whether `name` is a forwarding header the proxy always sets itself (or removes).
+pub(crate) fn is_forwarding(name: &HeaderName) -> bool {
+    name == X_FORWARDED_HOST || name == X_FORWARDED_PROTO
 }
 
 /// What the proxy knows of the client's request, for the forwarding headers.
@@ -160,6 +186,14 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
         headers.insert(X_FORWARDED_FOR.clone(), ip_value(ip));
         return;
     }
+    if let Ok(value) = HeaderValue::try_from(forwarded_for(headers, ip)) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+}
+
+/// The `X-Forwarded-For` value: the client's lines of it (those that are text) joined,
+/// then `ip`.
+pub(crate) fn forwarded_for(headers: &HeaderMap, ip: IpAddr) -> String {
     let mut text = String::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(part) = value.to_str() {
@@ -169,9 +203,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
     }
     use std::fmt::Write as _;
     let _ = write!(text, "{ip}");
-    if let Ok(value) = HeaderValue::try_from(text) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
+    text
 }
 
 /// An address as a header value, formatted on the stack (one allocation, the value's).

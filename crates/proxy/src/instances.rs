@@ -60,6 +60,24 @@ impl Upstream {
         self.instance.addr
     }
 
+    /// A ready instance at `addr` with default limits, for tests of what uses one.
+    #[cfg(test)]
+    pub fn for_tests(addr: SocketAddr) -> Upstream {
+        let instance = Instance {
+            id: "test".into(),
+            service: "test".into(),
+            agent: "test".into(),
+            addr,
+            state: registry::InstanceState::Ready,
+            started_at: std::time::SystemTime::now(),
+        };
+        let limits = Limits {
+            soft: Duration::from_millis(100),
+            hard: Duration::from_secs(1),
+        };
+        Upstream::new(instance, true, limits.policy())
+    }
+
     /// The balancer state (held briefly, never across an await).
     pub fn endpoint(&self) -> MutexGuard<'_, Endpoint> {
         // Every update is a few assignments: a panic cannot leave it half-written.

@@ -11,6 +11,8 @@
 //! - `scale` and `allocate`: one more instance when the best is over the soft limit, the one
 //!   shared allocation of a cold start, asked of an agent through the registry;
 //! - `pool`: keep-alive connections to instances, per gateway worker;
+//! - `h1`: the proxy's own HTTP/1.1 client for body-less `GET` and `HEAD` (hyper's serves
+//!   the rest);
 //! - `body`: the request body streamed out, with 64 KiB kept for a retry;
 //! - `upgrade`: WebSocket pass-through;
 //! - `probe`: health probes that bring ejected instances back;
@@ -32,6 +34,7 @@ mod config;
 mod error;
 mod external;
 mod forward;
+mod h1;
 mod headers;
 mod instances;
 mod metrics;
@@ -56,6 +59,12 @@ use service::Background;
 use tokio::sync::mpsc;
 
 pub use body::RETRY_BUFFER;
+
+/// The parsers of the proxy's own HTTP/1.1 client, for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::h1::{parse_head, Chunks, Decoded};
+}
 pub use config::{External, ProxyConfig, Settings};
 pub use error::ProxyError;
 pub use metrics::{

@@ -14,11 +14,16 @@
 //! `max_idle_per_instance` idle connections are kept per instance per worker; past that the
 //! oldest is closed.
 //!
+//! Body-less `GET` and `HEAD` go through the proxy's own client (`crate::h1`), whose
+//! connections are pooled the same way in a pool of their own (a connection of one kind
+//! never serves the other).
+//!
 //! WebSocket handshakes get a connection of their own with upgrades enabled, never pooled.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use hyper::client::conn::http1::SendRequest;
@@ -27,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::OutBody;
+use crate::h1::Conn;
 use crate::metrics;
 
 pub(crate) type Sender = SendRequest<OutBody>;
@@ -48,33 +54,64 @@ pub(crate) enum ConnectError {
     },
 }
 
-struct Idle {
-    sender: Sender,
+/// A pooled connection: whether it is still worth keeping.
+pub(crate) trait Reusable {
+    fn is_closed(&self) -> bool;
+}
+
+impl Reusable for Sender {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+}
+
+impl Reusable for Conn {
+    /// Not known until it is used: a closed one is found out as the request goes out.
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
-/// One worker's idle connections, and when they were last swept.
-#[derive(Default)]
-struct Pool {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+/// One worker's idle connections of one kind, and when they were last swept.
+struct Pool<C> {
+    idle: HashMap<SocketAddr, Vec<Idle<C>>>,
     swept: Option<Instant>,
 }
 
+impl<C> Default for Pool<C> {
+    fn default() -> Self {
+        Pool {
+            idle: HashMap::new(),
+            swept: None,
+        }
+    }
+}
+
+type Local<C> = LocalKey<RefCell<Pool<C>>>;
+
 thread_local! {
-    static IDLE: RefCell<Pool> = RefCell::new(Pool::default());
+    /// hyper's connections (requests with bodies).
+    static IDLE: RefCell<Pool<Sender>> = RefCell::new(Pool::default());
+    /// The proxy's own client's connections (`crate::h1`).
+    static CONNS: RefCell<Pool<Conn>> = RefCell::new(Pool::default());
 }
 
 /// An idle pooled connection to `addr` that can take a request now, if there is one: the
 /// common case, which needs no await (and so adds nothing to the request's future).
 pub(crate) fn ready(addr: SocketAddr, idle_timeout: Duration) -> Option<Sender> {
-    let sender = take_idle(addr, idle_timeout)?;
+    let sender = take_idle(&IDLE, addr, idle_timeout)?;
     if sender.is_ready() {
         return Some(sender);
     }
     // Not ready yet: back on top for `checkout`, which can wait for it.
     IDLE.with_borrow_mut(|pool| {
         let idle = Idle {
-            sender,
+            conn: sender,
             since: Instant::now(),
         };
         pool.idle.entry(addr).or_default().push(idle);
@@ -89,7 +126,7 @@ pub(crate) async fn checkout(
     idle_timeout: Duration,
     connect_timeout: Duration,
 ) -> Result<(Sender, bool), ConnectError> {
-    while let Some(mut sender) = take_idle(addr, idle_timeout) {
+    while let Some(mut sender) = take_idle(&IDLE, addr, idle_timeout) {
         if sender.is_ready() {
             return Ok((sender, true));
         }
@@ -106,12 +143,37 @@ pub(crate) async fn checkout(
 /// then (every `idle_timeout`) the whole pool is swept of closed and stale connections, so
 /// instances that went away leave nothing behind.
 pub(crate) fn give_back(addr: SocketAddr, sender: Sender, max_idle: usize, idle_timeout: Duration) {
-    if sender.is_closed() || max_idle == 0 {
+    give_back_to(&IDLE, addr, sender, max_idle, idle_timeout);
+}
+
+/// The most recently given back idle connection of the proxy's own client to `addr`.
+pub(crate) fn take_conn(addr: SocketAddr, idle_timeout: Duration) -> Option<Conn> {
+    take_idle(&CONNS, addr, idle_timeout)
+}
+
+/// Gives a connection of the proxy's own client back after its answer was read whole.
+pub(crate) fn give_back_conn(
+    addr: SocketAddr,
+    conn: Conn,
+    max_idle: usize,
+    idle_timeout: Duration,
+) {
+    give_back_to(&CONNS, addr, conn, max_idle, idle_timeout);
+}
+
+fn give_back_to<C: Reusable + 'static>(
+    pool: &'static Local<C>,
+    addr: SocketAddr,
+    conn: C,
+    max_idle: usize,
+    idle_timeout: Duration,
+) {
+    if conn.is_closed() || max_idle == 0 {
         return;
     }
     let now = Instant::now();
-    let idle = Idle { sender, since: now };
-    IDLE.with_borrow_mut(|pool| {
+    let idle = Idle { conn, since: now };
+    pool.with_borrow_mut(|pool| {
         if pool
             .swept
             .is_none_or(|at| now.duration_since(at) >= idle_timeout)
@@ -126,11 +188,11 @@ pub(crate) fn give_back(addr: SocketAddr, sender: Sender, max_idle: usize, idle_
     });
 }
 
-impl Pool {
+impl<C: Reusable> Pool<C> {
     fn sweep(&mut self, now: Instant, idle_timeout: Duration) {
         for list in self.idle.values_mut() {
             list.retain(|idle| {
-                !idle.sender.is_closed() && now.duration_since(idle.since) < idle_timeout
+                !idle.conn.is_closed() && now.duration_since(idle.since) < idle_timeout
             });
         }
         self.idle.retain(|_, list| !list.is_empty());
@@ -139,8 +201,12 @@ impl Pool {
 }
 
 /// The most recently given back idle connection to `addr` still young enough and open.
-fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Sender> {
-    IDLE.with_borrow_mut(|pool| {
+fn take_idle<C: Reusable + 'static>(
+    pool: &'static Local<C>,
+    addr: SocketAddr,
+    idle_timeout: Duration,
+) -> Option<C> {
+    pool.with_borrow_mut(|pool| {
         let list = pool.idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(idle) = list.pop() {
@@ -149,8 +215,8 @@ fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Sender> {
                 list.clear();
                 break;
             }
-            if !idle.sender.is_closed() {
-                return Some(idle.sender);
+            if !idle.conn.is_closed() {
+                return Some(idle.conn);
             }
         }
         pool.idle.remove(&addr);
@@ -158,13 +224,8 @@ fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Sender> {
     })
 }
 
-/// A new HTTP/1.1 connection to `addr`, its connection task spawned on this worker; with
-/// `upgrades` it can switch protocols (WebSocket).
-pub(crate) async fn connect(
-    addr: SocketAddr,
-    timeout: Duration,
-    upgrades: bool,
-) -> Result<Sender, ConnectError> {
+/// A new TCP connection to `addr`, with Nagle's algorithm off.
+pub(crate) async fn open(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return Err(ConnectError::Io { addr, error }),
@@ -176,11 +237,22 @@ pub(crate) async fn connect(
         }
     };
     let _ = stream.set_nodelay(true);
+    ::metrics::counter!(metrics::UPSTREAM_CONNECTIONS).increment(1);
+    Ok(stream)
+}
+
+/// A new HTTP/1.1 connection to `addr`, its connection task spawned on this worker; with
+/// `upgrades` it can switch protocols (WebSocket).
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    upgrades: bool,
+) -> Result<Sender, ConnectError> {
+    let stream = open(addr, timeout).await?;
     let (sender, connection) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|error| ConnectError::Handshake { addr, error })?;
-    ::metrics::counter!(metrics::UPSTREAM_CONNECTIONS).increment(1);
     tokio::spawn(async move {
         let result = if upgrades {
             connection.with_upgrades().await
@@ -197,6 +269,7 @@ pub(crate) async fn connect(
 /// Closes every idle connection to `addr` on this worker (the instance failed).
 pub(crate) fn forget(addr: SocketAddr) {
     IDLE.with_borrow_mut(|pool| pool.idle.remove(&addr));
+    CONNS.with_borrow_mut(|pool| pool.idle.remove(&addr));
 }
 
 #[cfg(test)]
