@@ -541,6 +541,22 @@ impl ResponseBody {
     }
 }
 
+impl Drop for ResponseBody {
+    /// A body dropped once read whole (its last bytes were in the buffer, say) still gives its
+    /// connection back; one cut short closes it.
+    fn drop(&mut self) {
+        let whole = match self.framing {
+            Framing::Length(_) => self.left == 0,
+            Framing::Chunked => self.chunks == Chunks::Done,
+            Framing::Empty => true,
+            Framing::Close => false,
+        };
+        if whole && !self.ended {
+            self.finish();
+        }
+    }
+}
+
 /// An answer's body broke off (its connection is closed).
 #[derive(Debug, thiserror::Error)]
 #[error("the instance's response body broke off: {0}")]
@@ -562,6 +578,10 @@ impl http_body::Body for ResponseBody {
             match this.decode(&mut conn.buf) {
                 Ok(Decoded::Data(data)) => {
                     this.conn = Some(conn);
+                    if matches!(this.framing, Framing::Length(_)) && this.left == 0 {
+                        // hyper stops polling a body whose length it has had: this is the end.
+                        this.finish();
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Ok(Decoded::End) => {
@@ -836,6 +856,33 @@ mod tests {
             pool::take_conn(addr, Duration::from_secs(30)).is_none(),
             "closed, not pooled"
         );
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// hyper's server stops polling a body once it has had its declared length: the
+    /// connection must go back to the pool then, not only at a final `None`.
+    #[tokio::test]
+    async fn a_body_read_to_its_length_gives_its_connection_back_without_a_last_poll() {
+        let (addr, accepted) = raw_server(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi",
+        ])
+        .await;
+        let mut conn = Conn::connect(addr, Duration::from_secs(1)).await.unwrap();
+        let mut reused = false;
+        for expected in [&b"hello"[..], b"hi", b"hi"] {
+            let head = conn.exchange(GET, false, reused).await.unwrap();
+            let mut body = ResponseBody::new(conn, &head, lease(addr), upstream(addr));
+            let frame = http_body_util::BodyExt::frame(&mut body)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(frame.into_data().unwrap(), expected);
+            drop(body);
+            conn = pool::take_conn(addr, Duration::from_secs(30)).expect("given back");
+            reused = true;
+        }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
