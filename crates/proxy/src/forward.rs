@@ -21,9 +21,9 @@
 //! `HEAD` are safe to send again then.) A failure after sending (reset, closed, broken
 //! answer) is retried once on another instance for idempotent methods (GET, HEAD, OPTIONS,
 //! PUT, DELETE), never for POST or PATCH, and only while the body sent is whole in the 64 KiB
-//! retry buffer (`crate::body`). An instance that sends no head within `upstream_timeout` is answered
-//! for with 504 at once: trying another would take the client past the gateway's own
-//! `request_timeout`. A response is never retried, whatever its status.
+//! retry buffer (`crate::body`). An instance that sends no head within `upstream_timeout`
+//! is answered for with 504 at once: trying another would take the client past the
+//! gateway's own `request_timeout`. A response is never retried, whatever its status.
 //!
 //! **Body over the limit.** A body whose declared length is over the gateway's limit is
 //! refused (413) before the proxy sees it. A body of unknown length streams to the instance
