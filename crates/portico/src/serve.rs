@@ -67,8 +67,9 @@ async fn serve(
     let user = privilege::drop_privileges(&privileges(&config, zero_config), &handover)?;
     let readiness = Readiness::new();
     let services = crate::wire::build(&config, &data_dir, &readiness).await?;
+    let shutdown = shutdown_signal();
     announce(&gateway.listeners(), &services, &user);
-    gateway.serve(services, readiness, shutdown_signal()).await;
+    gateway.serve(services, readiness, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -124,13 +125,20 @@ fn announce(listeners: &[ListenerInfo], services: &gateway::Services, user: &str
 
 /// Completes on the first SIGTERM or SIGINT. SIGHUP never ends the process: services that
 /// reload on it (region) listen for it; without them it is ignored.
-pub async fn shutdown_signal() {
+///
+/// The handlers are installed when this is called, not when the future is first polled: the
+/// caller calls it before announcing "ready", so a signal sent on that line is never met by
+/// the default action (which, for SIGHUP, would end the process).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    let _hangup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let hangup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    async move {
+        let _hangup = hangup;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }

@@ -103,6 +103,7 @@ fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
             })?;
         let bound = listener.local_addr().context("reading the bound address")?;
         // Scripts and tests read this line to learn the port (with --listen ...:0).
+        let shutdown = crate::serve::shutdown_signal();
         println!("portico: fib-backend listening on {bound}");
         let _ = std::io::stdout().flush();
         let options = fib::ServerOptions {
@@ -111,7 +112,7 @@ fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.idle_timeout),
         };
         let cache = Arc::new(fib::FibCache::new(args.cache_bytes));
-        fib::serve_backend(listener, cache, options, crate::serve::shutdown_signal()).await;
+        fib::serve_backend(listener, cache, options, shutdown).await;
         tracing::info!("fib-backend stopped");
         Ok(())
     })

@@ -150,8 +150,9 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
         slots,
         Box::new(|_| {}),
     );
+    let shutdown = crate::serve::shutdown_signal();
     println!("portico: worker pulling {service_name} from {gateway} with {slots} slot(s)");
-    crate::serve::shutdown_signal().await;
+    shutdown.await;
     tracing::info!(
         "stopping: no new jobs, running ones get {:?}",
         args.kill_grace
@@ -212,8 +213,9 @@ async fn work_on_broker(
         slots,
         Box::new(|_| {}),
     );
+    let shutdown = crate::serve::shutdown_signal();
     println!("portico: worker {node} consuming {queue} with {slots} slot(s)");
-    crate::serve::shutdown_signal().await;
+    shutdown.await;
     tracing::info!(
         "stopping: no new jobs, running ones get {:?}",
         args.kill_grace
