@@ -85,7 +85,7 @@ pub(crate) async fn proxy(shared: Arc<Shared>, request: Request<Body>) -> Respon
             &head.method,
             path.as_str(),
             &head.headers,
-            &client_of(&head),
+            &client_of(&head.extensions, &head.uri),
         );
         let mut exchange = Exchange::new(&shared, &service, spec, head, Body::empty(), started);
         exchange.encoded = Some(encoded);
@@ -128,29 +128,22 @@ fn answer_error(service: &ServiceState, error: &ProxyError) -> Response {
 /// The request head as the instance gets it: origin-form target, HTTP/1.1, headers
 /// rewritten, the gateway's extensions read and dropped.
 fn rewrite_head(head: &mut http::request::Parts, path: http::uri::PathAndQuery, upgrade: bool) {
-    let client = client_of(head);
-    // The borrow of `head` ends with the rewrite: what the client is goes in owned.
-    let (id, authority) = (client.request_id.cloned(), client.authority.cloned());
-    let client = headers::Client {
-        request_id: id.as_ref(),
-        authority: authority.as_ref(),
-        ..client
-    };
+    let client = client_of(&head.extensions, &head.uri);
     headers::request_headers(&mut head.headers, &client, upgrade);
     head.uri = Uri::from(path);
     head.version = Version::HTTP_11;
 }
 
-/// What the gateway knows of the client, for the forwarding headers.
-fn client_of(head: &http::request::Parts) -> headers::Client<'_> {
+/// What the gateway knows of the client (its request's extensions), for the forwarding
+/// headers.
+fn client_of<'a>(extensions: &'a http::Extensions, uri: &'a Uri) -> headers::Client<'a> {
     headers::Client {
-        ip: head
-            .extensions
+        ip: extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip()),
-        tls: head.extensions.get::<ClientTls>().is_some_and(|tls| tls.0),
-        request_id: head.extensions.get::<RequestId>().map(|id| &id.0),
-        authority: head.uri.authority(),
+        tls: extensions.get::<ClientTls>().is_some_and(|tls| tls.0),
+        request_id: extensions.get::<RequestId>().map(|id| &id.0),
+        authority: uri.authority(),
     }
 }
 
@@ -410,10 +403,7 @@ impl<'a> Exchange<'a> {
             let sending = sender.try_send_request(request);
             let error = match tokio::time::timeout(settings.upstream_timeout, sending).await {
                 Ok(Ok(response)) => {
-                    let answered = Instant::now();
-                    picked.succeeded(answered - sent_at, answered.into_std());
-                    self.shared
-                        .report_usage(&picked.upstream, answered.into_std());
+                    self.answered(&mut picked, sent_at);
                     let lease = Lease { addr, sender };
                     return Ok(respond(response, Some(lease), &picked.upstream, settings));
                 }
@@ -432,12 +422,26 @@ impl<'a> Exchange<'a> {
             if !reused {
                 return Err(self.connect_failed(picked, error.into_error().to_string()));
             }
-            ::metrics::counter!(metrics::RETRIES, "service" => self.service.name.to_string(), "reason" => "stale_connection").increment(1);
+            self.count_retry("stale_connection");
             match Box::pin(pool::connect(addr, settings.connect_timeout, false)).await {
                 Ok(fresh) => (sender, reused) = (fresh, false),
                 Err(error) => return Err(self.connect_failed(picked, error.to_string())),
             }
         }
+    }
+
+    /// The instance's answer head arrived: its latency goes to the balancer, its use to the
+    /// agents' idle stop.
+    fn answered(&self, picked: &mut Picked, sent_at: Instant) {
+        let answered = Instant::now();
+        picked.succeeded(answered - sent_at, answered.into_std());
+        self.shared
+            .report_usage(&picked.upstream, answered.into_std());
+    }
+
+    fn count_retry(&self, reason: &'static str) {
+        ::metrics::counter!(metrics::RETRIES, "service" => self.service.name.to_string(), "reason" => reason)
+            .increment(1);
     }
 
     /// One attempt on `picked`'s instance through the proxy's own client (`crate::h1`).
@@ -457,10 +461,7 @@ impl<'a> Exchange<'a> {
             let exchange = conn.exchange(request, to_head, reused);
             let failure = match tokio::time::timeout(settings.upstream_timeout, exchange).await {
                 Ok(Ok(head)) => {
-                    let answered = Instant::now();
-                    picked.succeeded(answered - sent_at, answered.into_std());
-                    self.shared
-                        .report_usage(&picked.upstream, answered.into_std());
+                    self.answered(&mut picked, sent_at);
                     return Ok(respond_h1(conn, head, addr, &picked.upstream, settings));
                 }
                 Ok(Err(failure)) => failure,
@@ -471,7 +472,7 @@ impl<'a> Exchange<'a> {
             };
             match failure {
                 h1::Failure::Stale => {
-                    ::metrics::counter!(metrics::RETRIES, "service" => self.service.name.to_string(), "reason" => "stale_connection").increment(1);
+                    self.count_retry("stale_connection");
                     match Box::pin(h1::Conn::connect(addr, settings.connect_timeout)).await {
                         Ok(fresh) => (conn, reused) = (fresh, false),
                         Err(error) => return Err(self.connect_failed(picked, error.to_string())),

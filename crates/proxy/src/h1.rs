@@ -107,11 +107,14 @@ pub(crate) fn encode_request(
         put_header(&mut out, "x-forwarded-host", host.as_bytes());
     }
     if let Some(ip) = client.ip {
-        let joined = match forwarded_for {
-            true => headers::forwarded_for(from_client, ip),
-            false => ip.to_string(),
-        };
-        put_header(&mut out, "x-forwarded-for", joined.as_bytes());
+        if forwarded_for {
+            let joined = headers::forwarded_for(from_client, ip);
+            put_header(&mut out, "x-forwarded-for", joined.as_bytes());
+        } else {
+            out.extend_from_slice(b"x-forwarded-for: ");
+            headers::write_ip(&mut out, ip);
+            out.extend_from_slice(b"\r\n");
+        }
     }
     let proto: &[u8] = if client.tls { b"https" } else { b"http" };
     put_header(&mut out, "x-forwarded-proto", proto);
