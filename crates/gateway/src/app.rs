@@ -15,7 +15,7 @@ use tower::util::MapResponseLayer;
 
 use crate::config::{LimitsConfig, ListenerConfig};
 use crate::middleware::ServiceTag;
-use crate::request::{Limits, ListenerApp};
+use crate::request::{DirectService, Limits, ListenerApp};
 use crate::request_metrics;
 use crate::ADMIN;
 
@@ -39,11 +39,23 @@ impl Services {
         self.list.push(service);
     }
 
+    fn get(&self, name: &str) -> Option<&Service> {
+        self.list.iter().find(|s| s.name() == name)
+    }
+
     fn router(&self, name: &str) -> Option<&Router> {
-        self.list
-            .iter()
-            .find(|s| s.name() == name)
-            .map(Service::router)
+        self.get(name).map(Service::router)
+    }
+
+    /// The direct handler of a listener mounting `mounted`: the one service's, when it is
+    /// alone and has one (`Service::with_direct`).
+    fn direct(&self, mounted: &[String]) -> Option<DirectService> {
+        let [name] = mounted else { return None };
+        let handler = self.get(name)?.direct()?.clone();
+        Some(DirectService {
+            handler,
+            tag: ServiceTag::new(name),
+        })
     }
 
     /// Names a listener may mount: every inserted service and `admin`.
@@ -114,6 +126,7 @@ pub(crate) fn listener_app(
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
         healthz,
+        direct: services.direct(&mounted),
         limits: Limits {
             max_body_bytes: limits.max_body_bytes,
             request_timeout: limits.request_timeout,

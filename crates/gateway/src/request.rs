@@ -28,6 +28,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http_body::Body as _;
 use hyper::body::Incoming;
 use service::{ClientTls, RouteLabel};
@@ -57,9 +58,29 @@ pub(crate) struct ListenerApp {
     pub router: axum::Router,
     /// The body of `/healthz` (which names the mounted services).
     pub healthz: Bytes,
+    /// The one mounted service's handler of paths with a first segment, called without the
+    /// router (`service::Service::with_direct`).
+    pub direct: Option<DirectService>,
     pub limits: Limits,
     /// The service name of the gateway's own answers.
     pub gateway: ServiceTag,
+}
+
+/// A service answering outside the router, and the name its answers count as.
+pub(crate) struct DirectService {
+    pub handler: service::Direct,
+    pub tag: ServiceTag,
+}
+
+impl ListenerApp {
+    /// The direct handler for a request for `path`: paths with a first segment, but the
+    /// gateway's `/healthz` (its other methods get the router's 405).
+    fn direct_for(&self, path: &str) -> Option<&DirectService> {
+        let direct = self.direct.as_ref()?;
+        let first = path.strip_prefix('/')?;
+        let named = !first.is_empty() && !first.starts_with('/') && path != "/healthz";
+        named.then_some(direct)
+    }
 }
 
 /// The service of one connection.
@@ -124,8 +145,14 @@ impl ConnectionService {
             limit_watch = watch;
             body
         });
-        let routed = Answer::Routed(Box::pin(self.app.router.clone().call(request)));
-        (routed, limit_watch)
+        let answer = match self.app.direct_for(request.uri().path()) {
+            Some(direct) => {
+                let future = (direct.handler)(request.map(axum::body::Body::new));
+                Answer::Direct(future, direct.tag.clone())
+            }
+            None => Answer::Routed(Box::pin(self.app.router.clone().call(request))),
+        };
+        (answer, limit_watch)
     }
 }
 
@@ -167,6 +194,8 @@ enum Answer {
     /// Boxed: an axum route future holds the whole request, and hyper moves this future
     /// around; kept small, the gateway's own answers copy less.
     Routed(Pin<Box<RouteFuture<Infallible>>>),
+    /// A service's direct handler (`ListenerApp::direct`), with the service it counts as.
+    Direct(BoxFuture<'static, Response>, ServiceTag),
 }
 
 impl Answer {
@@ -209,21 +238,23 @@ impl Future for GatewayFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let (response, service) = match &mut this.answer {
-            Answer::Ready(ready) => ready.take().unwrap_or_else(polled_again),
-            Answer::Routed(future) => match future.as_mut().poll(cx) {
-                Poll::Ready(Ok(response)) => match this.body_too_large(&response) {
-                    Some(refusal) => (refusal.map(Payload::Service), None),
-                    None => {
-                        let service = response.extensions().get::<ServiceTag>().cloned();
-                        (response.map(Payload::Service), service)
-                    }
-                },
-                Poll::Ready(Err(never)) => match never {},
-                Poll::Pending => match this.timed_out(cx) {
-                    Some(response) => (response.map(Payload::Service), None),
-                    None => return Poll::Pending,
-                },
+        let polled = match &mut this.answer {
+            Answer::Ready(ready) => Poll::Ready(ready.take().unwrap_or_else(polled_again)),
+            Answer::Routed(future) => future.as_mut().poll(cx).map(|routed| {
+                let response = routed.unwrap_or_else(|never| match never {});
+                let service = response.extensions().get::<ServiceTag>().cloned();
+                answered(this.body_limit.as_ref(), response, service)
+            }),
+            Answer::Direct(future, tag) => future
+                .as_mut()
+                .poll(cx)
+                .map(|response| answered(this.body_limit.as_ref(), response, Some(tag.clone()))),
+        };
+        let (response, service) = match polled {
+            Poll::Ready(answer) => answer,
+            Poll::Pending => match this.timed_out(cx) {
+                Some(response) => (response.map(Payload::Service), None),
+                None => return Poll::Pending,
             },
         };
         Poll::Ready(Ok(this.finish(response, service)))
@@ -231,17 +262,6 @@ impl Future for GatewayFuture {
 }
 
 impl GatewayFuture {
-    /// The gateway's 413 in place of `response` when the request body passed the limit while
-    /// the service read it (the service saw a failed read), unless the service said 413.
-    fn body_too_large(&self, response: &Response) -> Option<Response> {
-        let too_large = self.body_limit.as_ref()?.passed()?;
-        if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return None;
-        }
-        let message = too_large.to_string();
-        Some(error_response(StatusCode::PAYLOAD_TOO_LARGE, &message))
-    }
-
     /// The 504 once the request timeout has passed; arms the timer on first use.
     fn timed_out(&mut self, cx: &mut Context<'_>) -> Option<Response> {
         let request = self.request.as_ref()?;
@@ -280,6 +300,23 @@ impl GatewayFuture {
         request_metrics::record(service.as_ref(), route, status.as_u16(), elapsed);
         let record = request.record.map(|record| record.finish(service, status));
         response.map(|body| GatewayBody::new(body, record, Some(request.in_progress)))
+    }
+}
+
+/// A service's answer, or the gateway's 413 in its place when the request body passed the
+/// limit while the service read it (the service saw a failed read), unless the service said
+/// 413.
+fn answered(
+    body_limit: Option<&LimitWatch>,
+    response: Response,
+    service: Option<ServiceTag>,
+) -> (Response<Payload>, Option<ServiceTag>) {
+    match body_limit.and_then(LimitWatch::passed) {
+        Some(too_large) if response.status() != StatusCode::PAYLOAD_TOO_LARGE => {
+            let refusal = error_response(StatusCode::PAYLOAD_TOO_LARGE, &too_large.to_string());
+            (refusal.map(Payload::Service), None)
+        }
+        _ => (response.map(Payload::Service), service),
     }
 }
 

@@ -436,6 +436,75 @@ async fn a_body_over_the_limit_gets_413_and_the_instance_never_gets_a_complete_r
     assert_eq!(after["in_flight"], 0, "{after}");
 }
 
+/// Status and body of `method path` on `addr`, with a fixed request id (echoed answers
+/// carry it) and `addr`'s port written as `PORT` (echoed `Host` headers name it).
+async fn answer_on(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+    let answer = client()
+        .request(method, format!("http://{addr}{path}"))
+        .header("x-request-id", "same-request")
+        .send()
+        .await
+        .expect("an answer");
+    let status = answer.status().as_u16();
+    let body = answer.text().await.expect("a body");
+    (status, body.replace(&addr.port().to_string(), "PORT"))
+}
+
+/// A listener that mounts the proxy alone is served without the gateway's router
+/// (`service::Service::with_direct`): its answers must be those of a listener that mounts
+/// more services, which the router serves, and count as the proxy's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_with_the_proxy_alone_answers_as_one_with_more_services() {
+    let listeners =
+        format!("{PLAIN}[[listener]]\naddr = \"127.0.0.1:0\"\nservices = [\"proxy\"]\n");
+    let extra = format!("{}[limits]\nmax_body_bytes = 2000\n", service("hello", ""));
+    let server = start_with(&listeners, &extra).await;
+    let (routed, direct) = (server.listeners()[0].addr, server.listeners()[1].addr);
+
+    // A cold start through the direct listener.
+    let (status, _) = get_json(&format!("http://{direct}/hello/")).await;
+    assert_eq!(status, 200);
+    let instance = addr_of(&until_ready(&server, "hello", 1).await[0]);
+
+    let cases = [
+        ("GET", "/"),
+        ("GET", "//x"),
+        ("POST", "/healthz"),
+        ("GET", "/healthz/"),
+        ("GET", "/nowhere/x"),
+        ("GET", "/hello"),
+        ("GET", "/hello/_echo?q=%2F"),
+        ("HEAD", "/hello/_echo"),
+        ("POST", "/hello/_echo"),
+        ("DELETE", "/hello/_status/418"),
+    ];
+    for (method, path) in cases {
+        let by_router = answer_on(routed, method, path).await;
+        let by_direct = answer_on(direct, method, path).await;
+        assert_eq!(by_direct, by_router, "{method} {path}");
+    }
+    let (status, healthz) = answer_on(direct, "GET", "/healthz").await;
+    assert_eq!(
+        (status, healthz.as_str()),
+        (200, "{\"status\":\"ok\",\"services\":[\"proxy\"]}\n")
+    );
+
+    // The body limit holds, chunked too, and the instance never has the whole body.
+    let before = stats(instance).await["bodies"].as_u64().expect("bodies");
+    let large = tokio::task::spawn_blocking(move || chunked_post(direct, "/hello/_echo", 6000));
+    let large = large.await.expect("the POST ran");
+    assert!(large.starts_with("HTTP/1.1 413"), "{large}");
+    assert_eq!(stats(instance).await["bodies"].as_u64(), Some(before));
+
+    // Its requests count as the proxy's, by route.
+    let series = "portico_http_requests_total{service=\"proxy\",route=\"hello\",status=\"200\"}";
+    let counted = metric(&server, series).await.expect("the proxy's series");
+    let (status, _) = answer_on(direct, "GET", "/hello/_echo").await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&server, series).await, Some(counted + 1.0));
+}
+
 // ---------------------------------------------------------------------------- pass-through
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,7 @@ mod snapshot;
 mod upgrade;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -135,6 +136,13 @@ impl Proxy {
             .route("/{service}/", any(handle))
             .route("/{service}/{*rest}", any(handle))
             .with_state(self.shared.clone())
+    }
+
+    /// The answer to one request for `/{service}...`, as the routes give it: for the gateway
+    /// to call without the router when the proxy is its listener's only service
+    /// (`service::Service::with_direct`).
+    pub fn answer(&self, request: Request) -> impl Future<Output = Response> + Send + 'static {
+        forward::proxy(self.shared.clone(), request)
     }
 
     /// Appends the proxy's scrape-time series to a `/metrics` answer.

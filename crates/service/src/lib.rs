@@ -34,4 +34,4 @@ pub use data_dir::{DataDir, DataDirError};
 pub use label::{Label, RouteLabel, MAX_LABELS};
 pub use readiness::{Problem, Readiness};
 pub use request_info::{BodyTooLarge, ClientTls, RequestId};
-pub use value::{Hook, MetricsText, Service};
+pub use value::{Direct, Hook, MetricsText, Service};

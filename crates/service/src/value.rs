@@ -17,6 +17,11 @@ pub type Hook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 /// that must vanish with what they describe, such as one managed instance).
 pub type MetricsText = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// Answers a request without the router: see [`Service::with_direct`].
+pub type Direct = Arc<
+    dyn Fn(axum::extract::Request) -> BoxFuture<'static, axum::response::Response> + Send + Sync,
+>;
+
 /// A built-in service, ready to be mounted.
 pub struct Service {
     name: String,
@@ -25,6 +30,7 @@ pub struct Service {
     drain: Option<Hook>,
     stop: Option<Hook>,
     metrics: Option<MetricsText>,
+    direct: Option<Direct>,
 }
 
 impl std::fmt::Debug for Service {
@@ -46,6 +52,7 @@ impl Service {
             drain: None,
             stop: None,
             metrics: None,
+            direct: None,
         }
     }
 
@@ -80,6 +87,25 @@ impl Service {
     pub fn with_metrics(mut self, render: impl Fn(&mut String) + Send + Sync + 'static) -> Self {
         self.metrics = Some(Arc::new(render));
         self
+    }
+
+    /// Answers requests with `handler` instead of the router on a listener that mounts this
+    /// service alone, for every path with a first segment but `/healthz` (the gateway's
+    /// own); `/`, `//x` and `/healthz` still go through the router. Only for a service whose
+    /// routes are a catch-all `/{first}/...` that `handler` answers exactly as the router
+    /// would: it skips the router's matching and boxed layers on every request (the proxy).
+    pub fn with_direct<F, Fut>(mut self, handler: F) -> Self
+    where
+        F: Fn(axum::extract::Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = axum::response::Response> + Send + 'static,
+    {
+        self.direct = Some(Arc::new(move |request| Box::pin(handler(request))));
+        self
+    }
+
+    /// The handler of [`Service::with_direct`], if the service has one.
+    pub fn direct(&self) -> Option<&Direct> {
+        self.direct.as_ref()
     }
 
     /// The service's scrape-time metrics, if it has any.

@@ -31,8 +31,9 @@ impl BuiltIn for ProxyService {
         settings.register_lease = context.config.services.manager.lease;
         let proxy = proxy::Proxy::start(settings, manager.view.clone(), &context.background);
         let _ = context.shared.proxy.set(proxy.clone());
-        let metrics = proxy.clone();
+        let (metrics, direct) = (proxy.clone(), proxy.clone());
         Ok(Service::new(Self::NAME, proxy.router())
+            .with_direct(move |request| direct.answer(request))
             .with_background(context.background)
             .with_metrics(move |out| metrics.render_metrics(out)))
     }
