@@ -45,7 +45,6 @@ mod scale;
 mod snapshot;
 mod upgrade;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -55,6 +54,8 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::any;
 use balance::ScalePolicy;
+/// Read on every request: foldhash, not SipHash.
+use foldhash::HashMap;
 use registry::{Registry, ServiceSpec, View};
 use service::Background;
 use tokio::sync::mpsc;
@@ -105,7 +106,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             settings,
             view,
-            services: ArcSwap::from_pointee(HashMap::new()),
+            services: ArcSwap::from_pointee(HashMap::default()),
             adding: Mutex::new(()),
             jobs,
             usage,

@@ -21,11 +21,12 @@
 //! WebSocket handshakes get a connection of their own with upgrades enabled, never pooled.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::thread::LocalKey;
 use std::time::Duration;
 
+/// Read twice a request (take, give back): foldhash, not SipHash.
+use foldhash::HashMap;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -86,7 +87,7 @@ struct Pool<C> {
 impl<C> Default for Pool<C> {
     fn default() -> Self {
         Pool {
-            idle: HashMap::new(),
+            idle: HashMap::default(),
             swept: None,
         }
     }

@@ -8,7 +8,10 @@
 //! instances they knew, which keep running) and [`View::reachable`] says so; the next
 //! successful read replaces it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+/// Read on every proxied request: foldhash, not SipHash (keys are the catalog's names).
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -264,7 +267,7 @@ impl Snapshot {
         }
         instances.retain(|i| self.services.contains_key(&i.service));
         instances.sort_by(|a, b| (&a.service, &a.id).cmp(&(&b.service, &b.id)));
-        let mut by_service: HashMap<String, Vec<Instance>> = HashMap::new();
+        let mut by_service: HashMap<String, Vec<Instance>> = HashMap::default();
         for instance in instances {
             by_service
                 .entry(instance.service.clone())
