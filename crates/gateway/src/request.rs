@@ -28,10 +28,9 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http_body::Body as _;
 use hyper::body::Incoming;
-use service::{ClientTls, RouteLabel};
+use service::{ClientFacts, ClientTls, DirectFuture, RouteLabel};
 use tokio::time::{Instant, Sleep};
 use tower::Service as _;
 
@@ -118,11 +117,7 @@ impl ConnectionService {
     }
 
     /// The answer, and what tells when a counted body passed the body limit.
-    fn answer(
-        &self,
-        mut request: Request<Incoming>,
-        id: &HeaderValue,
-    ) -> (Answer, Option<LimitWatch>) {
+    fn answer(&self, request: Request<Incoming>, id: &HeaderValue) -> (Answer, Option<LimitWatch>) {
         let limit = self.app.limits.max_body_bytes;
         let declared = request.body().size_hint().exact();
         if let Some(refusal) = over_body_limit(declared, limit) {
@@ -135,22 +130,29 @@ impl ConnectionService {
                 None,
             );
         }
-        let extensions = request.extensions_mut();
-        extensions.insert(ConnectInfo(self.peer));
-        extensions.insert(RequestId(id.clone()));
-        extensions.insert(self.tls);
         let mut limit_watch = None;
-        let request = request.map(|body| {
+        let mut request = request.map(|body| {
             let (body, watch) = RequestBody::new(body, declared, limit as u64);
             limit_watch = watch;
             body
         });
         let answer = match self.app.direct_for(request.uri().path()) {
             Some(direct) => {
-                let future = (direct.handler)(request.map(axum::body::Body::new));
+                let facts = ClientFacts {
+                    peer: self.peer,
+                    tls: self.tls.0,
+                    request_id: id.clone(),
+                };
+                let future = (direct.handler)(request.map(axum::body::Body::new), facts);
                 Answer::Direct(future, direct.tag.clone())
             }
-            None => Answer::Routed(Box::pin(self.app.router.clone().call(request))),
+            None => {
+                let extensions = request.extensions_mut();
+                extensions.insert(ConnectInfo(self.peer));
+                extensions.insert(RequestId(id.clone()));
+                extensions.insert(self.tls);
+                Answer::Routed(Box::pin(self.app.router.clone().call(request)))
+            }
         };
         (answer, limit_watch)
     }
@@ -190,17 +192,34 @@ fn is_healthz(request: &Request<Incoming>) -> bool {
 
 enum Answer {
     /// Made by the gateway itself, with the service it counts as.
-    Ready(Option<(Response<Payload>, Option<ServiceTag>)>),
+    Ready(Option<Served>),
     /// Boxed: an axum route future holds the whole request, and hyper moves this future
     /// around; kept small, the gateway's own answers copy less.
     Routed(Pin<Box<RouteFuture<Infallible>>>),
     /// A service's direct handler (`ListenerApp::direct`), with the service it counts as.
-    Direct(BoxFuture<'static, Response>, ServiceTag),
+    Direct(DirectFuture, ServiceTag),
 }
 
 impl Answer {
     fn ready(response: Response<Payload>, service: Option<ServiceTag>) -> Self {
-        Answer::Ready(Some((response, service)))
+        Answer::Ready(Some(Served::new(response, service)))
+    }
+}
+
+/// A response, the service it counts as and the route label it gave.
+struct Served {
+    response: Response<Payload>,
+    service: Option<ServiceTag>,
+    route: Option<RouteLabel>,
+}
+
+impl Served {
+    fn new(response: Response<Payload>, service: Option<ServiceTag>) -> Self {
+        Served {
+            response,
+            service,
+            route: None,
+        }
     }
 }
 
@@ -241,23 +260,23 @@ impl Future for GatewayFuture {
         let polled = match &mut this.answer {
             Answer::Ready(ready) => Poll::Ready(ready.take().unwrap_or_else(polled_again)),
             Answer::Routed(future) => future.as_mut().poll(cx).map(|routed| {
-                let response = routed.unwrap_or_else(|never| match never {});
+                let mut response = routed.unwrap_or_else(|never| match never {});
                 let service = response.extensions().get::<ServiceTag>().cloned();
-                answered(this.body_limit.as_ref(), response, service)
+                let route = response.extensions_mut().remove::<RouteLabel>();
+                answered(this.body_limit.as_ref(), response, service, route)
             }),
-            Answer::Direct(future, tag) => future
-                .as_mut()
-                .poll(cx)
-                .map(|response| answered(this.body_limit.as_ref(), response, Some(tag.clone()))),
+            Answer::Direct(future, tag) => future.as_mut().poll(cx).map(|(response, route)| {
+                answered(this.body_limit.as_ref(), response, Some(tag.clone()), route)
+            }),
         };
-        let (response, service) = match polled {
-            Poll::Ready(answer) => answer,
+        let served = match polled {
+            Poll::Ready(served) => served,
             Poll::Pending => match this.timed_out(cx) {
-                Some(response) => (response.map(Payload::Service), None),
+                Some(response) => Served::new(response.map(Payload::Service), None),
                 None => return Poll::Pending,
             },
         };
-        Poll::Ready(Ok(this.finish(response, service)))
+        Poll::Ready(Ok(this.finish(served)))
     }
 }
 
@@ -282,11 +301,12 @@ impl GatewayFuture {
     }
 
     /// Request id header, metrics, and the body that writes the access-log line when it ends.
-    fn finish(
-        &mut self,
-        mut response: Response<Payload>,
-        service: Option<ServiceTag>,
-    ) -> Response<GatewayBody> {
+    fn finish(&mut self, served: Served) -> Response<GatewayBody> {
+        let Served {
+            mut response,
+            service,
+            route,
+        } = served;
         let Some(request) = self.request.take() else {
             return response.map(|body| GatewayBody::new(body, None, None));
         };
@@ -295,8 +315,8 @@ impl GatewayFuture {
             request.in_progress.upgrading();
         }
         response.headers_mut().insert(REQUEST_ID, request.id);
-        let route = response.extensions().get::<RouteLabel>().map(|r| &r.0);
         let elapsed = request.start.elapsed();
+        let route = route.as_ref().map(|r| &r.0);
         request_metrics::record(service.as_ref(), route, status.as_u16(), elapsed);
         let record = request.record.map(|record| record.finish(service, status));
         response.map(|body| GatewayBody::new(body, record, Some(request.in_progress)))
@@ -310,19 +330,24 @@ fn answered(
     body_limit: Option<&LimitWatch>,
     response: Response,
     service: Option<ServiceTag>,
-) -> (Response<Payload>, Option<ServiceTag>) {
+    route: Option<RouteLabel>,
+) -> Served {
     match body_limit.and_then(LimitWatch::passed) {
         Some(too_large) if response.status() != StatusCode::PAYLOAD_TOO_LARGE => {
             let refusal = error_response(StatusCode::PAYLOAD_TOO_LARGE, &too_large.to_string());
-            (refusal.map(Payload::Service), None)
+            Served::new(refusal.map(Payload::Service), None)
         }
-        _ => (response.map(Payload::Service), service),
+        _ => Served {
+            response: response.map(Payload::Service),
+            service,
+            route,
+        },
     }
 }
 
 /// A future polled after it completed is a bug in its caller; answer 500 rather than panic.
-fn polled_again() -> (Response<Payload>, Option<ServiceTag>) {
+fn polled_again() -> Served {
     tracing::error!("a gateway response future was polled after completion");
     let response = error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
-    (response.map(Payload::Service), None)
+    Served::new(response.map(Payload::Service), None)
 }

@@ -33,7 +33,7 @@
 //! So an instance may receive the beginning of such a body but never a complete request: an
 //! HTTP server acts on a request once it has it whole, and this one is never whole.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -43,11 +43,12 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::response::Response;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::uri::Authority;
+use http::{HeaderValue, Method, Request, StatusCode, Uri, Version};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use registry::{AllocReason, ServiceSpec};
-use service::{BodyTooLarge, ClientTls, RequestId, RouteLabel};
+use service::{BodyTooLarge, ClientFacts, ClientTls, RequestId, RouteLabel};
 use tokio::time::Instant;
 
 use crate::allocate::{self, AllocJob};
@@ -62,16 +63,21 @@ use crate::route;
 use crate::scale::Ask;
 use crate::Shared;
 
-/// Answers one request addressed to `/{service}/...`.
-pub(crate) async fn proxy(shared: Arc<Shared>, request: Request<Body>) -> Response {
+/// Answers one request addressed to `/{service}/...`, from `client`; the route label is the
+/// service's, unless it is not in the catalog.
+pub(crate) async fn proxy(
+    shared: Arc<Shared>,
+    request: Request<Body>,
+    client: ClientInfo,
+) -> (Response, Option<RouteLabel>) {
     let started = Instant::now();
     let (mut head, body) = request.into_parts();
     let (spec, path) = match route::target(&head.uri) {
         Some(target) => match shared.view.service(target.service) {
             Some(spec) => (spec, target.path),
-            None => return unknown(target.service),
+            None => return (unknown(target.service), None),
         },
-        None => return unknown(""),
+        None => return (unknown(""), None),
     };
     let service = shared.service(&spec);
     let asks_upgrade = head.version == Version::HTTP_11 && headers::is_upgrade(&head.headers);
@@ -85,24 +91,21 @@ pub(crate) async fn proxy(shared: Arc<Shared>, request: Request<Body>) -> Respon
             &head.method,
             path.as_str(),
             &head.headers,
-            &client_of(&head.extensions, &head.uri),
+            &client.with_authority(head.uri.authority()),
         );
         let mut exchange = Exchange::new(&shared, &service, spec, head, Body::empty(), started);
         exchange.encoded = Some(encoded);
         exchange
     } else {
-        rewrite_head(&mut head, path, client_upgrade.is_some());
+        rewrite_head(&mut head, path, &client, client_upgrade.is_some());
         Exchange::new(&shared, &service, spec, head, body, started)
     };
     exchange.client_upgrade = client_upgrade;
-    let mut response = match exchange.run().await {
+    let response = match exchange.run().await {
         Ok(response) => response,
         Err(error) => answer_error(&service, &error),
     };
-    response
-        .extensions_mut()
-        .insert(RouteLabel(service.label.clone()));
-    response
+    (response, Some(RouteLabel(service.label.clone())))
 }
 
 fn unknown(name: &str) -> Response {
@@ -126,24 +129,55 @@ fn answer_error(service: &ServiceState, error: &ProxyError) -> Response {
 }
 
 /// The request head as the instance gets it: origin-form target, HTTP/1.1, headers
-/// rewritten, the gateway's extensions read and dropped.
-fn rewrite_head(head: &mut http::request::Parts, path: http::uri::PathAndQuery, upgrade: bool) {
-    let client = client_of(&head.extensions, &head.uri);
+/// rewritten.
+fn rewrite_head(
+    head: &mut http::request::Parts,
+    path: http::uri::PathAndQuery,
+    client: &ClientInfo,
+    upgrade: bool,
+) {
+    let client = client.with_authority(head.uri.authority());
     headers::request_headers(&mut head.headers, &client, upgrade);
     head.uri = Uri::from(path);
     head.version = Version::HTTP_11;
 }
 
-/// What the gateway knows of the client (its request's extensions), for the forwarding
-/// headers.
-fn client_of<'a>(extensions: &'a http::Extensions, uri: &'a Uri) -> headers::Client<'a> {
-    headers::Client {
-        ip: extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip()),
-        tls: extensions.get::<ClientTls>().is_some_and(|tls| tls.0),
-        request_id: extensions.get::<RequestId>().map(|id| &id.0),
-        authority: uri.authority(),
+/// What the gateway knows of the client, for the forwarding headers: handed to a direct call
+/// (`service::ClientFacts`), or read from the request's extensions on the router's path.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ClientInfo {
+    ip: Option<IpAddr>,
+    tls: bool,
+    request_id: Option<HeaderValue>,
+}
+
+impl ClientInfo {
+    pub fn from_facts(facts: ClientFacts) -> Self {
+        ClientInfo {
+            ip: Some(facts.peer.ip()),
+            tls: facts.tls,
+            request_id: Some(facts.request_id),
+        }
+    }
+
+    pub fn from_extensions(extensions: &http::Extensions) -> Self {
+        ClientInfo {
+            ip: extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip()),
+            tls: extensions.get::<ClientTls>().is_some_and(|tls| tls.0),
+            request_id: extensions.get::<RequestId>().map(|id| id.0.clone()),
+        }
+    }
+
+    /// With the request URI's authority (used when there is no `Host`).
+    fn with_authority<'a>(&'a self, authority: Option<&'a Authority>) -> headers::Client<'a> {
+        headers::Client {
+            ip: self.ip,
+            tls: self.tls,
+            request_id: self.request_id.as_ref(),
+            authority,
+        }
     }
 }
 
@@ -401,7 +435,8 @@ impl<'a> Exchange<'a> {
             };
             let sent_at = Instant::now();
             let sending = sender.try_send_request(request);
-            let error = match tokio::time::timeout(settings.upstream_timeout, sending).await {
+            let deadline = sent_at + settings.upstream_timeout;
+            let error = match tokio::time::timeout_at(deadline, sending).await {
                 Ok(Ok(response)) => {
                     self.answered(&mut picked, sent_at);
                     let lease = Lease { addr, sender };
@@ -459,7 +494,8 @@ impl<'a> Exchange<'a> {
         loop {
             let sent_at = Instant::now();
             let exchange = conn.exchange(request, to_head, reused);
-            let failure = match tokio::time::timeout(settings.upstream_timeout, exchange).await {
+            let deadline = sent_at + settings.upstream_timeout;
+            let failure = match tokio::time::timeout_at(deadline, exchange).await {
                 Ok(Ok(head)) => {
                     self.answered(&mut picked, sent_at);
                     return Ok(respond_h1(conn, head, addr, &picked.upstream, settings));

@@ -350,7 +350,9 @@ impl Picked {
 
 impl Drop for Picked {
     fn drop(&mut self) {
-        self.end(now());
+        if !self.ended {
+            self.end(now());
+        }
     }
 }
 

@@ -57,7 +57,7 @@ use balance::ScalePolicy;
 /// Read on every request: foldhash, not SipHash.
 use foldhash::HashMap;
 use registry::{Registry, ServiceSpec, View};
-use service::Background;
+use service::{Background, ClientFacts, RouteLabel};
 use tokio::sync::mpsc;
 
 pub use body::RETRY_BUFFER;
@@ -142,8 +142,13 @@ impl Proxy {
     /// The answer to one request for `/{service}...`, as the routes give it: for the gateway
     /// to call without the router when the proxy is its listener's only service
     /// (`service::Service::with_direct`).
-    pub fn answer(&self, request: Request) -> impl Future<Output = Response> + Send + 'static {
-        forward::proxy(self.shared.clone(), request)
+    pub fn answer(
+        &self,
+        request: Request,
+        client: ClientFacts,
+    ) -> impl Future<Output = (Response, Option<RouteLabel>)> + Send + 'static {
+        let client = forward::ClientInfo::from_facts(client);
+        forward::proxy(self.shared.clone(), request, client)
     }
 
     /// Appends the proxy's scrape-time series to a `/metrics` answer.
@@ -164,7 +169,12 @@ impl Proxy {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    forward::proxy(shared, request).await
+    let client = forward::ClientInfo::from_extensions(request.extensions());
+    let (mut response, route) = forward::proxy(shared, request, client).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
+    }
+    response
 }
 
 /// What every request and task of one proxy shares.

@@ -33,5 +33,5 @@ pub use background::Background;
 pub use data_dir::{DataDir, DataDirError};
 pub use label::{Label, RouteLabel, MAX_LABELS};
 pub use readiness::{Problem, Readiness};
-pub use request_info::{BodyTooLarge, ClientTls, RequestId};
-pub use value::{Direct, Hook, MetricsText, Service};
+pub use request_info::{BodyTooLarge, ClientFacts, ClientTls, RequestId};
+pub use value::{Direct, DirectFuture, Hook, MetricsText, Service};

@@ -1,6 +1,7 @@
 //! What the gateway tells a service about each request, beside the request itself: request
 //! extensions it attaches ([`RequestId`], [`ClientTls`]; axum's `ConnectInfo<SocketAddr>`
-//! carries the client's address) and the error a counted request body fails with when it
+//! carries the client's address), the same facts as one argument for a direct handler
+//! ([`ClientFacts`], `Service::with_direct`), and the error a counted request body fails with when it
 //! passes the body limit ([`BodyTooLarge`]). They live here, not in the gateway, because
 //! services never depend on the gateway.
 
@@ -15,6 +16,19 @@ pub struct RequestId(pub axum::http::HeaderValue);
 /// `X-Forwarded-Proto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientTls(pub bool);
+
+/// What the gateway knows of a request's client, handed to a direct handler as an argument
+/// (`Service::with_direct`): what other services read from the request's extensions
+/// (`ConnectInfo`, [`RequestId`], [`ClientTls`]), without the three allocations those take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientFacts {
+    /// The client's address (the TCP peer).
+    pub peer: std::net::SocketAddr,
+    /// Whether the client reached the listener over TLS.
+    pub tls: bool,
+    /// The request's id (the client's sane `X-Request-Id`, else a new one).
+    pub request_id: axum::http::HeaderValue,
+}
 
 /// A request body that went past the gateway's `limits.max_body_bytes` while it streamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::Background;
+use crate::{Background, ClientFacts, RouteLabel};
 
 /// A lifecycle hook: runs once, on the main runtime.
 pub type Hook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
@@ -18,9 +18,11 @@ pub type Hook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 pub type MetricsText = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 /// Answers a request without the router: see [`Service::with_direct`].
-pub type Direct = Arc<
-    dyn Fn(axum::extract::Request) -> BoxFuture<'static, axum::response::Response> + Send + Sync,
->;
+pub type Direct = Arc<dyn Fn(axum::extract::Request, ClientFacts) -> DirectFuture + Send + Sync>;
+
+/// A direct handler's answer, and the route it counts under in the gateway's metrics (what
+/// a routed answer carries as a [`RouteLabel`] extension).
+pub type DirectFuture = BoxFuture<'static, (axum::response::Response, Option<RouteLabel>)>;
 
 /// A built-in service, ready to be mounted.
 pub struct Service {
@@ -94,12 +96,16 @@ impl Service {
     /// own); `/`, `//x` and `/healthz` still go through the router. Only for a service whose
     /// routes are a catch-all `/{first}/...` that `handler` answers exactly as the router
     /// would: it skips the router's matching and boxed layers on every request (the proxy).
+    /// The handler gets the client's facts as an argument, not as request extensions, and
+    /// gives its route label back beside the response.
     pub fn with_direct<F, Fut>(mut self, handler: F) -> Self
     where
-        F: Fn(axum::extract::Request) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = axum::response::Response> + Send + 'static,
+        F: Fn(axum::extract::Request, ClientFacts) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = (axum::response::Response, Option<RouteLabel>)> + Send + 'static,
     {
-        self.direct = Some(Arc::new(move |request| Box::pin(handler(request))));
+        self.direct = Some(Arc::new(move |request, facts| {
+            Box::pin(handler(request, facts))
+        }));
         self
     }
 

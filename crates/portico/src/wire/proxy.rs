@@ -33,7 +33,7 @@ impl BuiltIn for ProxyService {
         let _ = context.shared.proxy.set(proxy.clone());
         let (metrics, direct) = (proxy.clone(), proxy.clone());
         Ok(Service::new(Self::NAME, proxy.router())
-            .with_direct(move |request| direct.answer(request))
+            .with_direct(move |request, client| direct.answer(request, client))
             .with_background(context.background)
             .with_metrics(move |out| metrics.render_metrics(out)))
     }
