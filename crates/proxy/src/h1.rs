@@ -28,6 +28,7 @@
 //! retries on a new connection (`Failure::Stale`).
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -37,6 +38,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use http_body::{Frame, SizeHint};
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -185,65 +187,118 @@ pub struct Head {
 }
 
 /// Parses the answer's head at the start of `buf`: `Ok(None)` when more bytes are needed,
-/// else the head and the bytes it took. Interim `1xx` answers are consumed and skipped.
-pub fn parse_head(buf: &[u8], to_head: bool) -> Result<Option<(Head, usize)>, ParseError> {
-    let mut at = 0;
+/// else the head, whose bytes (and those of interim `1xx` answers, which are skipped) are
+/// taken from `buf`. Header values are slices of those bytes, not copies.
+pub fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Option<Head>, ParseError> {
     loop {
-        // Uninitialised slots: a head's worth of empty ones would be 3 KiB written each time.
-        let mut slots =
-            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut response,
-            &buf[at..],
-            &mut slots,
-        );
-        let taken = match parsed {
-            Ok(httparse::Status::Complete(taken)) => taken,
-            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
-                return Err(ParseError::HeadTooLarge)
-            }
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(error) => return Err(ParseError::Head(error.to_string())),
+        let Some(found) = locate(buf)? else {
+            return Ok(None);
         };
-        let code = response.code.unwrap_or(0);
-        let status = StatusCode::from_u16(code)
-            .map_err(|_| ParseError::Head(format!("status code {code}")))?;
-        if status == StatusCode::SWITCHING_PROTOCOLS {
+        if found.status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(ParseError::UnaskedSwitch);
         }
-        at += taken;
-        if status.is_informational() {
+        if found.status.is_informational() {
+            buf.advance(found.taken);
             continue;
         }
-        let http10 = response.version == Some(0);
-        let head = head_of(status, http10, response.headers, to_head)?;
-        return Ok(Some((head, at)));
+        let bytes = buf.split_to(found.taken).freeze();
+        let head = head_of(&found, &bytes, to_head)?;
+        return Ok(Some(head));
     }
 }
 
-fn head_of(
+/// Where one header's name and value are in the head's bytes.
+#[derive(Debug, Clone)]
+struct Span {
+    name: Range<usize>,
+    value: Range<usize>,
+}
+
+impl Span {
+    fn of(field: &httparse::Header<'_>, base: usize) -> Span {
+        let at = |part: &[u8]| {
+            let start = part.as_ptr() as usize - base;
+            start..start + part.len()
+        };
+        Span {
+            name: at(field.name.as_bytes()),
+            value: at(field.value),
+        }
+    }
+}
+
+/// Headers whose spans are kept without a heap allocation (uninitialised until used: a
+/// zeroed array of `MAX_HEADERS` would be 3 KiB written per answer).
+const INLINE_HEADERS: usize = 24;
+
+/// A complete head found at the start of a buffer.
+struct Located {
     status: StatusCode,
     http10: bool,
-    raw: &[httparse::Header<'_>],
-    to_head: bool,
-) -> Result<Head, ParseError> {
-    let mut headers = HeaderMap::with_capacity(raw.len());
-    let mut keep_alive = !http10;
+    /// Its length in bytes.
+    taken: usize,
+    /// Where its headers are.
+    spans: SmallVec<[Span; INLINE_HEADERS]>,
+}
+
+/// Finds the head at the start of `buf`, and where its headers are.
+fn locate(buf: &[u8]) -> Result<Option<Located>, ParseError> {
+    // Uninitialised slots: a head's worth of empty ones would be 3 KiB written each time.
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    );
+    let taken = match parsed {
+        Ok(httparse::Status::Complete(taken)) => taken,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(ParseError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(ParseError::Head(error.to_string())),
+    };
+    let code = response.code.unwrap_or(0);
+    let status =
+        StatusCode::from_u16(code).map_err(|_| ParseError::Head(format!("status code {code}")))?;
+    let base = buf.as_ptr() as usize;
+    let spans = response.headers.iter().map(|field| Span::of(field, base));
+    Ok(Some(Located {
+        status,
+        http10: response.version == Some(0),
+        taken,
+        spans: spans.collect(),
+    }))
+}
+
+fn head_of(found: &Located, bytes: &Bytes, to_head: bool) -> Result<Head, ParseError> {
+    let status = found.status;
+    let mut headers = HeaderMap::with_capacity(found.spans.len());
+    let mut keep_alive = !found.http10;
     let mut chunked = None;
     let mut length: Option<u64> = None;
     let mut named: Vec<HeaderName> = Vec::new();
-    for field in raw {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| ParseError::Head(format!("header name {:?}", field.name)))?;
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| ParseError::Head(format!("value of {name}")))?;
+    for span in &found.spans {
+        let raw_name = &bytes[span.name.clone()];
+        let raw = &bytes[span.value.clone()];
+        let name = HeaderName::from_bytes(raw_name).map_err(|_| {
+            ParseError::Head(format!(
+                "header name {:?}",
+                String::from_utf8_lossy(raw_name)
+            ))
+        })?;
         if name == header::CONNECTION {
-            for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+            for token in std::str::from_utf8(raw)
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+            {
                 if token.eq_ignore_ascii_case("close") {
                     keep_alive = false;
                 } else if token.eq_ignore_ascii_case("keep-alive") {
-                    keep_alive = keep_alive || http10;
+                    keep_alive = keep_alive || found.http10;
                 } else if let Ok(other) = HeaderName::from_bytes(token.as_bytes()) {
                     named.push(other);
                 }
@@ -251,16 +306,12 @@ fn head_of(
             continue;
         }
         if name == header::TRANSFER_ENCODING {
-            let last = value
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .next()
-                .unwrap_or(b"");
+            let last = raw.rsplit(|b| *b == b',').next().unwrap_or(b"");
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             continue;
         }
         if name == header::CONTENT_LENGTH {
-            let text = std::str::from_utf8(field.value).unwrap_or("");
+            let text = std::str::from_utf8(raw).unwrap_or("");
             let parsed = parse_length(text)?;
             if length.is_some_and(|earlier| earlier != parsed) {
                 return Err(ParseError::ContentLength(text.to_string()));
@@ -270,6 +321,8 @@ fn head_of(
         if headers::is_fixed_hop_by_hop(&name) {
             continue;
         }
+        let value = HeaderValue::from_maybe_shared(bytes.slice(span.value.clone()))
+            .map_err(|_| ParseError::Head(format!("value of {name}")))?;
         headers.append(name, value);
     }
     for name in named {
@@ -438,13 +491,11 @@ impl Conn {
             });
         }
         self.buf.clear();
+        let mut answered = false;
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&self.buf, to_head) {
-                    Ok(Some((head, taken))) => {
-                        self.buf.advance(taken);
-                        return Ok(head);
-                    }
+                match parse_head(&mut self.buf, to_head) {
+                    Ok(Some(head)) => return Ok(head),
                     Ok(None) => {}
                     Err(error) => return Err(Failure::Broken(error.to_string())),
                 }
@@ -452,13 +503,13 @@ impl Conn {
             self.buf.reserve(READ_AHEAD);
             let read = self.stream.read_buf(&mut self.buf).await;
             match read {
-                Ok(0) | Err(_) if reused && self.buf.is_empty() => return Err(Failure::Stale),
+                Ok(0) | Err(_) if reused && !answered => return Err(Failure::Stale),
                 Ok(0) => {
                     return Err(Failure::Broken(
                         "the connection closed before a complete response head".into(),
                     ))
                 }
-                Ok(_) => {}
+                Ok(_) => answered = true,
                 Err(error) => return Err(Failure::Broken(error.to_string())),
             }
         }
@@ -633,9 +684,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `parse_head` on a copy of `bytes`.
+    fn parse(bytes: &[u8], to_head: bool) -> Result<Option<Head>, ParseError> {
+        parse_head(&mut BytesMut::from(bytes), to_head)
+    }
+
+    /// The head of `text`, which takes all of it.
     fn parsed(text: &str, to_head: bool) -> Head {
-        let (head, taken) = parse_head(text.as_bytes(), to_head).unwrap().unwrap();
-        assert_eq!(taken, text.len());
+        let mut buf = BytesMut::from(text.as_bytes());
+        let head = parse_head(&mut buf, to_head).unwrap().unwrap();
+        assert!(buf.is_empty(), "{} bytes left", buf.len());
         head
     }
 
@@ -668,11 +726,11 @@ mod tests {
         assert_eq!(head.framing, Framing::Length(4));
         for bad in ["4, 5", "-1", "0x10", "", "1 2"] {
             let text = format!("{ok}content-length: {bad}\r\n\r\n");
-            let error = parse_head(text.as_bytes(), false).unwrap_err();
+            let error = parse(text.as_bytes(), false).unwrap_err();
             assert_eq!(error, ParseError::ContentLength(bad.into()));
         }
         let text = format!("{ok}content-length: 4\r\ncontent-length: 5\r\n\r\n");
-        assert!(parse_head(text.as_bytes(), false).is_err());
+        assert!(parse(text.as_bytes(), false).is_err());
     }
 
     #[test]
@@ -695,16 +753,33 @@ mod tests {
     }
 
     #[test]
+    fn header_values_are_slices_of_the_read_buffer() {
+        let text = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-custom: a value\r\n\r\nbody";
+        let mut buf = BytesMut::from(text.as_bytes());
+        let read = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        let head = parse_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(head.headers.len(), 2);
+        for value in head.headers.values() {
+            let at = value.as_bytes().as_ptr() as usize;
+            assert!(
+                read.contains(&at),
+                "{value:?} was copied out of the read buffer"
+            );
+        }
+        assert_eq!(&buf[..], b"body");
+    }
+
+    #[test]
     fn interim_answers_are_skipped_and_an_unasked_switch_is_an_error() {
         let text = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         let head = parsed(text, false);
         assert_eq!(head.status, StatusCode::OK);
         assert!(!head.headers.contains_key("link"));
         let switch = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
-        assert_eq!(parse_head(switch, false), Err(ParseError::UnaskedSwitch));
-        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nx: y\r\n", false), Ok(None));
+        assert_eq!(parse(switch, false), Err(ParseError::UnaskedSwitch));
+        assert_eq!(parse(b"HTTP/1.1 200 OK\r\nx: y\r\n", false), Ok(None));
         assert!(matches!(
-            parse_head(b"HTTP/1.1 2000 OK\r\n\r\n", false),
+            parse(b"HTTP/1.1 2000 OK\r\n\r\n", false),
             Err(ParseError::Head(_))
         ));
     }
@@ -713,14 +788,14 @@ mod tests {
     fn a_head_past_the_limit_is_refused() {
         let mut text = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
         text.resize(MAX_HEAD + 1, b'a');
-        assert_eq!(parse_head(&text, false), Err(ParseError::HeadTooLarge));
+        assert_eq!(parse(&text, false), Err(ParseError::HeadTooLarge));
         let mut many = String::from("HTTP/1.1 200 OK\r\n");
         for i in 0..=MAX_HEADERS {
             many.push_str(&format!("x-{i}: v\r\n"));
         }
         many.push_str("\r\n");
         assert!(matches!(
-            parse_head(many.as_bytes(), false),
+            parse(many.as_bytes(), false),
             Err(ParseError::Head(_))
         ));
     }
@@ -896,6 +971,8 @@ mod tests {
             b"",
             b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort<close>",
             b"",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\n<close>",
         ])
         .await;
         let second = Duration::from_secs(1);
@@ -915,6 +992,11 @@ mod tests {
         // A new connection closed before any answer is the instance's failure, not stale.
         let mut conn = Conn::connect(addr, second).await.unwrap();
         let failure = conn.exchange(GET, false, false).await.unwrap_err();
+        assert!(matches!(failure, Failure::Broken(_)), "{failure}");
+        // A pooled connection that answered, if only with an interim answer, was not stale.
+        let mut conn = Conn::connect(addr, second).await.unwrap();
+        conn.exchange(GET, false, false).await.unwrap();
+        let failure = conn.exchange(GET, false, true).await.unwrap_err();
         assert!(matches!(failure, Failure::Broken(_)), "{failure}");
     }
 
@@ -1044,15 +1126,16 @@ mod tests {
         }
 
         /// Any bytes at all: the head parser answers without panicking, and a head it
-        /// accepts never claims more bytes than it was given.
+        /// accepts takes a prefix of what it was given, leaving the rest as it was.
         #[test]
         fn the_head_parser_takes_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            if let Ok(Some((_, taken))) = parse_head(&bytes, false) {
-                prop_assert!(taken <= bytes.len());
+            let mut buf = BytesMut::from(&bytes[..]);
+            if let Ok(Some(_)) = parse_head(&mut buf, false) {
+                prop_assert!(bytes.ends_with(&buf));
             }
             let mut with_status = b"HTTP/1.1 200 OK\r\n".to_vec();
             with_status.extend_from_slice(&bytes);
-            let _ = parse_head(&with_status, false);
+            let _ = parse(&with_status, false);
             let mut chunks = Chunks::Size;
             let mut buf = BytesMut::from(&bytes[..]);
             for _ in 0..bytes.len() + 2 {
