@@ -190,8 +190,9 @@ pub struct Head {
 /// else the head, whose bytes (and those of interim `1xx` answers, which are skipped) are
 /// taken from `buf`. Header values are slices of those bytes, not copies.
 pub fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Option<Head>, ParseError> {
+    let mut spans = Spans::new();
     loop {
-        let Some(found) = locate(buf)? else {
+        let Some(found) = locate(buf, &mut spans)? else {
             return Ok(None);
         };
         if found.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -202,34 +203,43 @@ pub fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Option<Head>, Par
             continue;
         }
         let bytes = buf.split_to(found.taken).freeze();
-        let head = head_of(&found, &bytes, to_head)?;
+        let head = head_of(&found, &bytes, &spans, to_head)?;
         return Ok(Some(head));
     }
 }
 
-/// Where one header's name and value are in the head's bytes.
-#[derive(Debug, Clone)]
+/// Where one header's name and value are in the head's bytes (a head is under 4 GiB:
+/// `MAX_HEAD`).
+#[derive(Debug, Clone, Copy)]
 struct Span {
-    name: Range<usize>,
-    value: Range<usize>,
+    name: (u32, u32),
+    value: (u32, u32),
 }
 
 impl Span {
     fn of(field: &httparse::Header<'_>, base: usize) -> Span {
         let at = |part: &[u8]| {
             let start = part.as_ptr() as usize - base;
-            start..start + part.len()
+            (start as u32, (start + part.len()) as u32)
         };
         Span {
             name: at(field.name.as_bytes()),
             value: at(field.value),
         }
     }
+
+    fn name(&self) -> Range<usize> {
+        self.name.0 as usize..self.name.1 as usize
+    }
+
+    fn value(&self) -> Range<usize> {
+        self.value.0 as usize..self.value.1 as usize
+    }
 }
 
-/// Headers whose spans are kept without a heap allocation (uninitialised until used: a
-/// zeroed array of `MAX_HEADERS` would be 3 KiB written per answer).
-const INLINE_HEADERS: usize = 24;
+/// The spans of a head's headers: the first 16 without a heap allocation, and uninitialised
+/// until used (a zeroed array of `MAX_HEADERS` would be 1.6 KiB written per answer).
+type Spans = SmallVec<[Span; 16]>;
 
 /// A complete head found at the start of a buffer.
 struct Located {
@@ -237,12 +247,10 @@ struct Located {
     http10: bool,
     /// Its length in bytes.
     taken: usize,
-    /// Where its headers are.
-    spans: SmallVec<[Span; INLINE_HEADERS]>,
 }
 
-/// Finds the head at the start of `buf`, and where its headers are.
-fn locate(buf: &[u8]) -> Result<Option<Located>, ParseError> {
+/// Finds the head at the start of `buf`, and where its headers are (in `spans`).
+fn locate(buf: &[u8], spans: &mut Spans) -> Result<Option<Located>, ParseError> {
     // Uninitialised slots: a head's worth of empty ones would be 3 KiB written each time.
     let mut slots =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -264,25 +272,30 @@ fn locate(buf: &[u8]) -> Result<Option<Located>, ParseError> {
     let status =
         StatusCode::from_u16(code).map_err(|_| ParseError::Head(format!("status code {code}")))?;
     let base = buf.as_ptr() as usize;
-    let spans = response.headers.iter().map(|field| Span::of(field, base));
+    spans.clear();
+    spans.extend(response.headers.iter().map(|field| Span::of(field, base)));
     Ok(Some(Located {
         status,
         http10: response.version == Some(0),
         taken,
-        spans: spans.collect(),
     }))
 }
 
-fn head_of(found: &Located, bytes: &Bytes, to_head: bool) -> Result<Head, ParseError> {
+fn head_of(
+    found: &Located,
+    bytes: &Bytes,
+    spans: &Spans,
+    to_head: bool,
+) -> Result<Head, ParseError> {
     let status = found.status;
-    let mut headers = HeaderMap::with_capacity(found.spans.len());
+    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut keep_alive = !found.http10;
     let mut chunked = None;
     let mut length: Option<u64> = None;
     let mut named: Vec<HeaderName> = Vec::new();
-    for span in &found.spans {
-        let raw_name = &bytes[span.name.clone()];
-        let raw = &bytes[span.value.clone()];
+    for span in spans {
+        let raw_name = &bytes[span.name()];
+        let raw = &bytes[span.value()];
         let name = HeaderName::from_bytes(raw_name).map_err(|_| {
             ParseError::Head(format!(
                 "header name {:?}",
@@ -321,7 +334,7 @@ fn head_of(found: &Located, bytes: &Bytes, to_head: bool) -> Result<Head, ParseE
         if headers::is_fixed_hop_by_hop(&name) {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(bytes.slice(span.value.clone()))
+        let value = HeaderValue::from_maybe_shared(bytes.slice(span.value()))
             .map_err(|_| ParseError::Head(format!("value of {name}")))?;
         headers.append(name, value);
     }
