@@ -9,7 +9,9 @@
 //! whose declared length is over the limit (413) are answered without the router;
 //! everything else goes to the listener's axum router with `ConnectInfo`, `RequestId` and
 //! `ClientTls` attached, its body counted against the limit when its length was not declared
-//! (`body_limit`).
+//! (`body_limit`). A listener whose one service has a direct handler
+//! (`service::Service::with_direct`: the proxy) calls it instead of the router for paths with
+//! a first segment but `/healthz`, with those facts as an argument (`service::ClientFacts`).
 //!
 //! A request's clock starts when the first bytes of its head arrived, when the connection's
 //! stream saw them (HTTP/1; nginx's `$request_time` counts the same way), else when hyper

@@ -18,7 +18,9 @@
 //! nobody asked for is an error. The body is framed, in this order, by: none for `HEAD`,
 //! `204` and `304`; `Transfer-Encoding` (chunked when that is its last coding, else until
 //! the connection closes); a `Content-Length` (several must agree); else until close. Hop-by-
-//! hop headers are left out as the head is read, as `headers::response_headers` would.
+//! hop headers are left out as the head is read, as `headers::response_headers` would. The
+//! head is taken out of the read buffer as one `Bytes` and header values are slices of it:
+//! no allocation or copy per value.
 //!
 //! **Reuse.** A connection goes back to the pool once its body has been read to the end,
 //! unless the answer said `Connection: close` (or was HTTP/1.0 without keep-alive), its body
