@@ -24,7 +24,9 @@
 //! instance served requests (for the agents' idle stop). It knows nothing of processes or of
 //! which registry it holds. Built-in routes win over catalog names: the proxy's routes are
 //! `/{service}`, `/{service}/` and `/{service}/{*rest}`, which the router matches only when
-//! no built-in route does (and the catalog refuses names of built-in routes).
+//! no built-in route does (and the catalog refuses names of built-in routes). On a listener
+//! that mounts the proxy alone, the gateway skips the router and calls [`Proxy::answer`]
+//! (`service::Service::with_direct`): a quarter of a proxied request's instructions.
 
 #![forbid(unsafe_code)]
 
