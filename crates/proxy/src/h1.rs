@@ -298,7 +298,7 @@ fn head_of(
     for span in spans {
         let raw_name = &bytes[span.name()];
         let raw = &bytes[span.value()];
-        let name = HeaderName::from_bytes(raw_name).map_err(|_| {
+        let name = header_name(raw_name).map_err(|_| {
             ParseError::Head(format!(
                 "header name {:?}",
                 String::from_utf8_lossy(raw_name)
@@ -368,6 +368,37 @@ fn head_of(
         framing,
         keep_alive,
     })
+}
+
+/// Names answers carry most, matched before `HeaderName::from_bytes` (which lowercases into
+/// a scratch buffer and walks its table: about 150 instructions a header).
+static COMMON_NAMES: [(&[u8], HeaderName); 15] = [
+    (b"date", header::DATE),
+    (b"etag", header::ETAG),
+    (b"vary", header::VARY),
+    (b"server", header::SERVER),
+    (b"expires", header::EXPIRES),
+    (b"location", header::LOCATION),
+    (b"connection", header::CONNECTION),
+    (b"keep-alive", HeaderName::from_static("keep-alive")),
+    (b"set-cookie", header::SET_COOKIE),
+    (b"content-type", header::CONTENT_TYPE),
+    (b"accept-ranges", header::ACCEPT_RANGES),
+    (b"cache-control", header::CACHE_CONTROL),
+    (b"last-modified", header::LAST_MODIFIED),
+    (b"content-length", header::CONTENT_LENGTH),
+    (b"transfer-encoding", header::TRANSFER_ENCODING),
+];
+
+/// A header name of an answer, as `HeaderName::from_bytes` makes it.
+fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    let common = COMMON_NAMES
+        .iter()
+        .find(|(name, _)| name.len() == raw.len() && name.eq_ignore_ascii_case(raw));
+    match common {
+        Some((_, name)) => Ok(name.clone()),
+        None => HeaderName::from_bytes(raw),
+    }
 }
 
 /// A `Content-Length` value: digits only (a list of equal values, as some servers send, is
@@ -1138,6 +1169,26 @@ mod tests {
             let mut left = buf.to_vec();
             left.extend_from_slice(&wire[fed..]);
             prop_assert_eq!(left, b"NEXT".to_vec());
+        }
+
+        /// The common names are matched as `HeaderName::from_bytes` would make them, in any
+        /// case, and anything else is left to it.
+        #[test]
+        fn header_names_are_made_as_the_http_crate_makes_them(
+            pick in 0..COMMON_NAMES.len() + 1,
+            upper in proptest::collection::vec(any::<bool>(), 20),
+            other in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let raw: Vec<u8> = match COMMON_NAMES.get(pick) {
+                Some((name, _)) => name
+                    .iter()
+                    .zip(&upper)
+                    .map(|(b, up)| if *up { b.to_ascii_uppercase() } else { *b })
+                    .collect(),
+                None => other,
+            };
+            let ours = header_name(&raw).ok();
+            prop_assert_eq!(ours, HeaderName::from_bytes(&raw).ok());
         }
 
         /// Any bytes at all: the head parser answers without panicking, and a head it
