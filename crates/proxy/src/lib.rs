@@ -56,7 +56,7 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::routing::any;
 use balance::ScalePolicy;
-/// Read on every request: foldhash, not SipHash.
+// Read on every request: foldhash, not SipHash.
 use foldhash::HashMap;
 use registry::{Registry, ServiceSpec, View};
 use service::{Background, ClientFacts, RouteLabel};

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::thread::LocalKey;
 use std::time::Duration;
 
-/// Read twice a request (take, give back): foldhash, not SipHash.
+// Read twice a request (take, give back): foldhash, not SipHash.
 use foldhash::HashMap;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;

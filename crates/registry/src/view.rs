@@ -9,14 +9,13 @@
 //! successful read replaces it.
 
 use std::collections::HashSet;
-
-/// Read on every proxied request: foldhash, not SipHash (keys are the catalog's names).
-use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+// Read on every proxied request: foldhash, not SipHash (keys are the catalog's names).
+use foldhash::HashMap;
 use service::Background;
 use tokio::sync::{broadcast, watch};
 

@@ -1,9 +1,9 @@
 //! What the gateway tells a service about each request, beside the request itself: request
 //! extensions it attaches ([`RequestId`], [`ClientTls`]; axum's `ConnectInfo<SocketAddr>`
 //! carries the client's address), the same facts as one argument for a direct handler
-//! ([`ClientFacts`], `Service::with_direct`), and the error a counted request body fails with when it
-//! passes the body limit ([`BodyTooLarge`]). They live here, not in the gateway, because
-//! services never depend on the gateway.
+//! ([`ClientFacts`], `Service::with_direct`), and the error a counted request body fails
+//! with when it passes the body limit ([`BodyTooLarge`]). They live here, not in the
+//! gateway, because services never depend on the gateway.
 
 use std::error::Error as StdError;
 
