@@ -515,9 +515,8 @@ impl<'a> Exchange<'a> {
                     }
                 }
                 h1::Failure::Send(error) => {
-                    return Err(
-                        self.connect_failed(picked, format!("connecting to {addr}: {error}"))
-                    )
+                    let error = format!("sending the request to {addr}: {error}");
+                    return Err(self.connect_failed(picked, error));
                 }
                 h1::Failure::Broken(error) => return Err(self.broke_after_sending(picked, error)),
             }

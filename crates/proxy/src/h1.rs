@@ -305,16 +305,13 @@ fn head_of(
             ))
         })?;
         if name == header::CONNECTION {
-            for token in std::str::from_utf8(raw)
-                .unwrap_or("")
-                .split(',')
-                .map(str::trim)
-            {
-                if token.eq_ignore_ascii_case("close") {
+            // As bytes: a token past a non-UTF-8 one (obs-text) still counts.
+            for token in raw.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
                     keep_alive = false;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive = keep_alive || found.http10;
-                } else if let Ok(other) = HeaderName::from_bytes(token.as_bytes()) {
+                } else if let Ok(other) = HeaderName::from_bytes(token) {
                     named.push(other);
                 }
             }
@@ -326,8 +323,8 @@ fn head_of(
             continue;
         }
         if name == header::CONTENT_LENGTH {
-            let text = std::str::from_utf8(raw).unwrap_or("");
-            let parsed = parse_length(text)?;
+            let text = String::from_utf8_lossy(raw);
+            let parsed = parse_length(&text)?;
             if length.is_some_and(|earlier| earlier != parsed) {
                 return Err(ParseError::ContentLength(text.to_string()));
             }
@@ -572,6 +569,7 @@ pub(crate) struct Lease {
 /// An answer's body, read from the connection as the client's side polls it; the connection
 /// goes back to the pool at its end when it can carry another request.
 pub(crate) struct ResponseBody {
+    /// `None` once the body has ended (its connection pooled or closed) or broken.
     conn: Option<Conn>,
     framing: Framing,
     /// Bytes still to come of a `Content-Length` body.
@@ -580,7 +578,6 @@ pub(crate) struct ResponseBody {
     keep_alive: bool,
     lease: Lease,
     upstream: Arc<Upstream>,
-    ended: bool,
 }
 
 impl ResponseBody {
@@ -597,7 +594,6 @@ impl ResponseBody {
             keep_alive: head.keep_alive,
             lease,
             upstream,
-            ended: false,
         }
     }
 
@@ -624,7 +620,6 @@ impl ResponseBody {
 
     /// The body ended: the connection goes back to the pool if it can be used again.
     pub fn finish(&mut self) {
-        self.ended = true;
         let Some(conn) = self.conn.take() else { return };
         if self.keep_alive && conn.buf.is_empty() {
             let lease = &self.lease;
@@ -634,7 +629,6 @@ impl ResponseBody {
 
     fn broke(&mut self, error: String) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.conn = None;
-        self.ended = true;
         tracing::debug!(instance = %self.upstream.addr(), %error, "response body broke");
         self.upstream.failed(now());
         Poll::Ready(Some(Err(BodyError(error))))
@@ -651,7 +645,7 @@ impl Drop for ResponseBody {
             Framing::Empty => true,
             Framing::Close => false,
         };
-        if whole && !self.ended {
+        if whole && self.conn.is_some() {
             self.finish();
         }
     }
@@ -699,10 +693,8 @@ impl http_body::Body for ResponseBody {
                     this.conn = Some(conn);
                     return Poll::Pending;
                 }
-                Poll::Ready(Ok(0)) if this.framing == Framing::Close => {
-                    this.ended = true;
-                    return Poll::Ready(None);
-                }
+                // The connection (taken above) is dropped: closed, as the body's end.
+                Poll::Ready(Ok(0)) if this.framing == Framing::Close => return Poll::Ready(None),
                 Poll::Ready(Ok(0)) => {
                     return this.broke("the connection closed before the body ended".into())
                 }
@@ -713,7 +705,7 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.framing == Framing::Empty
+        self.conn.is_none() || self.framing == Framing::Empty
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -791,6 +783,12 @@ mod tests {
         assert_eq!(names, ["content-length", "etag"]);
         let head = parsed("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false);
         assert!(!head.keep_alive, "HTTP/1.0 closes by default");
+        // A `close` after a token that is not text (obs-text) still closes.
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: x\xff, close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        );
+        assert!(!head.unwrap().unwrap().keep_alive);
         let head = parsed(
             "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
             false,
